@@ -1,0 +1,88 @@
+import HeraldCore
+import NIOCore
+import NIOHTTP1
+
+extension HTTPHandler {
+    /// `GET /clients` and `GET /clients/{token}` (SPEC §3): asks every shard for its
+    /// streams (one hop per loop) and merges them per token.
+    func listClients(context: ChannelHandlerContext, request: HTTPRequestHead, token: String?) {
+        let shards = server.hub.shards
+        let futures = shards.map { shard in shard.eventLoop.submit { shard.streamInfos(token: token) } }
+        let cors = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .restricted)
+        EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            guard case .success(let perShard) = result else {
+                self.sendProblem(Problem(.internalServerError, "could not collect the client list"), context: context, request: request)
+                return
+            }
+            let clients = Self.mergeClients(perShard.flatMap { $0 })
+            if let token {
+                guard let client = clients.first(where: { $0.token == token }) else {
+                    self.sendProblem(Problem(.notFound, "no client '\(token)' is connected"), context: context, request: request)
+                    return
+                }
+                self.respondJSON(context: context, request: request, status: .ok, json: client.json, headers: cors)
+                return
+            }
+            var json = "{\"clients\":["
+            json += clients.map(\.json).joined(separator: ",")
+            json += "],\"count\":\(clients.count)}"
+            self.respondJSON(context: context, request: request, status: .ok, json: json, headers: cors)
+        }
+    }
+
+    /// `DELETE /clients/{token}`: closes the token's streams on every shard. It does not
+    /// ban: the client may reconnect and resume.
+    func disconnectClient(context: ChannelHandlerContext, request: HTTPRequestHead, token: String) {
+        let futures = server.hub.shards.map { shard in shard.eventLoop.submit { shard.close(token: token) } }
+        let cors = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .restricted)
+        EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            let closed = (try? result.get().reduce(0, +)) ?? 0
+            if closed == 0 {
+                self.sendProblem(Problem(.notFound, "no client '\(token)' is connected"), context: context, request: request)
+            } else {
+                self.respond(context: context, request: request, status: .noContent, headers: cors, body: nil)
+            }
+        }
+    }
+
+    struct ClientSummary {
+        var token: String
+        var connections: Int
+        var topics: [String]
+        var connectedAt: Int64
+        var lastEventID: Int64?
+        var queuedBytes: Int
+
+        var json: String {
+            var text = "{\"client\":"
+            JSON.appendQuoted(token, to: &text)
+            text += ",\"connections\":\(connections),\"topics\":["
+            text += topics.map { JSON.quoted($0) }.joined(separator: ",")
+            text += "],\"connectedAt\":\"\(WallClock.iso8601(millisecondsSince1970: connectedAt))\",\"lastEventId\":"
+            text += lastEventID.map { "\"\($0)\"" } ?? "null"
+            text += ",\"queuedBytes\":\(queuedBytes)}"
+            return text
+        }
+    }
+
+    /// Merges stream records into one summary per token: topics are the union, the
+    /// connection time the earliest, the last event id the newest delivered.
+    static func mergeClients(_ infos: [Shard.StreamInfo]) -> [ClientSummary] {
+        var byToken: [String: ClientSummary] = [:]
+        for info in infos {
+            if var summary = byToken[info.token] {
+                summary.connections += 1
+                for topic in info.topics where !summary.topics.contains(topic) { summary.topics.append(topic) }
+                summary.connectedAt = min(summary.connectedAt, info.connectedAt)
+                if let id = info.lastEventID { summary.lastEventID = max(summary.lastEventID ?? id, id) }
+                summary.queuedBytes += info.queuedBytes
+                byToken[info.token] = summary
+            } else {
+                byToken[info.token] = ClientSummary(
+                    token: info.token, connections: 1, topics: info.topics, connectedAt: info.connectedAt,
+                    lastEventID: info.lastEventID, queuedBytes: info.queuedBytes)
+            }
+        }
+        return byToken.values.sorted { ($0.connectedAt, $0.token) < ($1.connectedAt, $1.token) }
+    }
+}

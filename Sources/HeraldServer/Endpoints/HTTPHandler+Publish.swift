@@ -1,0 +1,61 @@
+import HeraldCore
+import NIOCore
+import NIOHTTP1
+
+extension HTTPHandler {
+    /// `POST /events` and `POST /clients/{token}/events` (SPEC §2, §3). Authorisation was
+    /// checked when the head arrived.
+    func publish(context: ChannelHandlerContext, request: HTTPRequestHead, directTo token: String?) throws {
+        let query = try queryItems(request)
+        var topics: [String] = []
+        var type: String?
+        var retain = false
+        for (name, value) in query {
+            switch name {
+            case "topic":
+                if token != nil { continue }
+                do { try TopicRules.validate(topic: value, forSubscription: false) } catch { throw Problem(.badRequest, "query parameter 'topic': \(error.detail)") }
+                if !topics.contains(value) { topics.append(value) }
+            case "type":
+                if type != nil { throw Problem(.badRequest, "query parameter 'type' is given twice") }
+                type = value
+            case "retain":
+                switch value.lowercased() {
+                case "1", "true": retain = true
+                case "0", "false", "": retain = false
+                default: throw Problem(.badRequest, "retain must be 1/true or 0/false, not '\(value.prefix(20))'")
+                }
+            default:
+                continue
+            }
+        }
+        if topics.count > TopicRules.maxTopicsPerRequest {
+            throw Problem(.badRequest, "\(topics.count) topics; at most \(TopicRules.maxTopicsPerRequest) per request")
+        }
+        var idempotencyKey: String?
+        if let key = request.headers.first(name: "idempotency-key") {
+            guard !key.isEmpty, key.utf8.count <= 256, key.unicodeScalars.allSatisfy({ $0.value >= 0x21 && $0.value <= 0x7E || $0 == " " }) else {
+                throw Problem(.badRequest, "Idempotency-Key must be 1 to 256 printable ASCII characters")
+            }
+            idempotencyKey = key
+        }
+        let parser = PublishParser(queryTopics: topics, queryType: type, isDirect: token != nil, maxEventBytes: configuration.maxEventBytes)
+        let bodyBytes = body.map { Array($0.readableBytesView) } ?? []
+        let drafts: [EventDraft]
+        do {
+            drafts = try parser.parse(body: bodyBytes, contentType: request.headers.first(name: "content-type"))
+        } catch {
+            throw Problem.from(error)
+        }
+        let outcome = server.hub.publish(drafts, client: token, retain: retain, idempotencyKey: idempotencyKey)
+        server.metrics.publishRequests.increment()
+        var json = "{\"ids\":["
+        for (index, id) in outcome.ids.enumerated() {
+            json += index == 0 ? "\"\(id)\"" : ",\"\(id)\""
+        }
+        json += "]}"
+        var headers = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .restricted)
+        if outcome.repeated { headers.append(("Idempotent-Replayed", "true")) }
+        respondJSON(context: context, request: request, status: .ok, json: json, headers: headers)
+    }
+}

@@ -1,0 +1,122 @@
+import HeraldCore
+import NIOCore
+import NIOHTTP1
+
+extension HTTPHandler {
+    /// `GET /events` (SPEC §1): validate, then turn the connection into a stream.
+    func subscribe(context: ChannelHandlerContext, request: HTTPRequestHead) throws {
+        guard AcceptNegotiation.acceptsEventStream(request.headers[canonicalForm: "accept"].map(String.init)) else {
+            throw Problem(.notAcceptable,
+                          "this endpoint only serves text/event-stream; send 'Accept: text/event-stream' (with curl: -N -H 'Accept: text/event-stream')")
+        }
+        let query = try queryItems(request)
+        var topics: [String] = []
+        var token: String?
+        var queryLastEventID: String?
+        var paddingBytes: Int?
+        for (name, value) in query {
+            switch name {
+            case "topic":
+                do { try TopicRules.validate(topic: value, forSubscription: true) } catch { throw Problem(.badRequest, "topic: \(error.detail)") }
+                if !topics.contains(value) { topics.append(value) }
+            case "client":
+                if token != nil { throw Problem(.badRequest, "give one 'client' token, not several") }
+                try validateToken(value)
+                token = value
+            case "lastEventId", "last_event_id", "evs_last_event_id":
+                if queryLastEventID == nil && !value.isEmpty { queryLastEventID = value }
+            case "padding":
+                switch value.lowercased() {
+                case "1", "true": paddingBytes = max(paddingBytes ?? 0, 2048)
+                case "0", "false", "": break
+                default: throw Problem(.badRequest, "padding must be 1/true or 0/false, not '\(value.prefix(20))'")
+                }
+            case "evs_preamble":
+                let asked = Int(value) ?? 2048
+                paddingBytes = max(paddingBytes ?? 0, 2048, min(asked, 65_536))
+            default:
+                continue
+            }
+        }
+        if topics.count > TopicRules.maxTopicsPerRequest {
+            throw Problem(.badRequest, "\(topics.count) topics; at most \(TopicRules.maxTopicsPerRequest) per subscription")
+        }
+        if topics.isEmpty && token == nil {
+            throw Problem(.badRequest, "subscribe to at least one topic (?topic=NAME, 'prefix/*' or '*') or give a client token (?client=TOKEN)")
+        }
+        var lastEventID = queryLastEventID
+        if let header = request.headers.first(name: "last-event-id"), !header.isEmpty {
+            lastEventID = header
+        }
+
+        let hub = server.hub
+        if let limit = configuration.maxConnections {
+            let open = hub.openStreams.wrappingIncrementThenLoad(ordering: .relaxed)
+            if open > limit {
+                hub.openStreams.wrappingDecrement(ordering: .relaxed)
+                throw Problem(.serviceUnavailable, "the server holds its maximum of \(limit) streams; retry later",
+                              headers: [("Retry-After", "5")])
+            }
+        } else {
+            hub.openStreams.wrappingIncrement(ordering: .relaxed)
+        }
+
+        let chunked = !configuration.noChunked && !(request.version.major == 1 && request.version.minor == 0)
+        let clientToken = token ?? Self.randomToken()
+        var head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store, no-transform\r\nX-Accel-Buffering: no\r\n"
+        head += chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n"
+        for (name, value) in server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .open) {
+            head += "\(name): \(value)\r\n"
+        }
+        head += "\r\n"
+        var headBuffer = context.channel.allocator.buffer(capacity: head.utf8.count)
+        headBuffer.writeString(head)
+
+        let streamRequest = Shard.StreamRequest(
+            token: clientToken, topics: topics, filter: TopicFilter(patterns: topics, clientToken: token),
+            lastEventID: lastEventID, paddingBytes: paddingBytes, chunked: chunked,
+            retryMilliseconds: configuration.retryMilliseconds, head: headBuffer)
+        state = .streaming
+        do {
+            try hub.shard(for: context.eventLoop).open(streamRequest, httpContext: context)
+        } catch {
+            hub.openStreams.wrappingDecrement(ordering: .relaxed)
+            server.logger.debug("could not open stream", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        // The HTTP codec is not needed any more; remove it after this read has unwound.
+        let pipeline = context.pipeline
+        context.eventLoop.assumeIsolated().execute {
+            Self.removeHTTPHandlers(from: pipeline)
+        }
+    }
+
+    static func removeHTTPHandlers(from pipeline: ChannelPipeline) {
+        let operations = pipeline.syncOperations
+        if let decoder = try? operations.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+            operations.removeHandler(context: decoder, promise: nil)
+        }
+        if let encoder = try? operations.context(handlerType: HTTPResponseEncoder.self) {
+            operations.removeHandler(context: encoder, promise: nil)
+        }
+        if let pipelining = try? operations.context(handlerType: HTTPServerPipelineHandler.self) {
+            operations.removeHandler(context: pipelining, promise: nil)
+        }
+        if let handler = try? operations.context(handlerType: HTTPHandler.self) {
+            operations.removeHandler(context: handler, promise: nil)
+        }
+    }
+
+    /// A random 128-bit token, hex encoded (valid under the client token rules).
+    static func randomToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let high = generator.next() as UInt64
+        let low = generator.next() as UInt64
+        func hex(_ value: UInt64) -> String {
+            let text = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - text.count) + text
+        }
+        return hex(high) + hex(low)
+    }
+}

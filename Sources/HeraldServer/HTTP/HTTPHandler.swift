@@ -1,0 +1,340 @@
+import HeraldCore
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Serves one HTTP/1.1 connection until it becomes an event stream (then it hands the
+/// socket to a ``StreamConnection`` and leaves the pipeline) or closes.
+///
+/// NIO's `HTTPServerPipelineHandler` in front of it delivers one request at a time, so
+/// keep-alive and pipelining need nothing here beyond answering in order. The handler also
+/// enforces the request-head timeout and the body limit, and turns parser errors into
+/// problem+json answers.
+final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    enum State {
+        /// Waiting for a request head.
+        case idle
+        /// Reading a request's body.
+        case receiving
+        /// Reading (and dropping) a body whose answer is already decided.
+        case discarding
+        /// The request is complete; its answer is being produced.
+        case answering
+        /// The connection is an event stream now; this handler is on its way out.
+        case streaming
+        case closing
+    }
+
+    let server: ServerContext
+    var state = State.idle
+    var request: HTTPRequestHead?
+    var route = Route.unknownAPI
+    var body: ByteBuffer?
+    /// The answer decided before the body was read (auth failure, size), sent at its end.
+    var earlyProblem: Problem?
+    var hasUnterminatedResponse = false
+    private var headTimer: Scheduled<Void>?
+
+    init(server: ServerContext) {
+        self.server = server
+    }
+
+    var configuration: HeraldConfiguration { server.configuration }
+
+    // MARK: Lifecycle and timeouts
+
+    func channelActive(context: ChannelHandlerContext) {
+        armHeadTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        headTimer = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        headTimer = nil
+        context.fireChannelInactive()
+    }
+
+    /// A client gets `requestHeadTimeout` to send a complete request head (slow or idle
+    /// connections are answered 408 and closed, so they cannot pin a socket forever).
+    private func armHeadTimer(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestHeadTimeout) { [weak self] in
+            guard let self, self.state == .idle else { return }
+            self.sendProblem(
+                Problem(.requestTimeout, "the request head did not arrive within \(self.configuration.requestHeadTimeout.nanoseconds / 1_000_000_000) s",
+                        closeConnection: true),
+                context: context, request: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let parserError = error as? HTTPParserError {
+            if !hasUnterminatedResponse && state != .streaming && state != .closing {
+                let problem: Problem
+                switch parserError {
+                case .headerOverflow:
+                    problem = Problem(.requestHeaderFieldsTooLarge,
+                                      "the request header section is larger than \(configuration.maxHeaderBytes) bytes", closeConnection: true)
+                default:
+                    problem = Problem(.badRequest, "malformed HTTP request (\(parserError))", closeConnection: true)
+                }
+                sendProblem(problem, context: context, request: nil)
+            } else {
+                context.close(promise: nil)
+            }
+            return
+        }
+        server.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Reading requests
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            guard state == .idle else { return }
+            headTimer?.cancel()
+            headTimer = nil
+            beginRequest(head, context: context)
+        case .body(var chunk):
+            switch state {
+            case .receiving:
+                if (body?.readableBytes ?? 0) + chunk.readableBytes > configuration.maxBodyBytes {
+                    body = nil
+                    state = .discarding
+                    sendProblem(
+                        Problem(.payloadTooLarge, "the body is larger than --max-body-bytes (\(configuration.maxBodyBytes) bytes)",
+                                closeConnection: true),
+                        context: context, request: request)
+                    return
+                }
+                if body == nil {
+                    body = chunk
+                } else {
+                    body!.writeBuffer(&chunk)
+                }
+            default:
+                break
+            }
+        case .end:
+            switch state {
+            case .receiving:
+                state = .answering
+                if let problem = earlyProblem {
+                    sendProblem(problem, context: context, request: request)
+                } else {
+                    dispatch(context: context)
+                }
+            case .discarding:
+                if let problem = earlyProblem {
+                    state = .answering
+                    sendProblem(problem, context: context, request: request)
+                }
+            default:
+                break
+            }
+        }
+    }
+
+    private func beginRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        request = head
+        body = nil
+        earlyProblem = nil
+        state = .receiving
+        let uri = head.uri
+        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
+        route = Route(path: path)
+        if uri.utf8.count > 8192 {
+            earlyProblem = Problem(.uriTooLong, "the request target is longer than 8192 bytes")
+            return
+        }
+        if head.method != .OPTIONS && route.requiresPublisher(head.method) {
+            if let problem = authorize(head, context: context) {
+                earlyProblem = problem
+                state = .discarding
+            }
+        }
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > configuration.maxBodyBytes {
+            // Answer now and close: reading a body we will refuse only wastes time.
+            state = .discarding
+            sendProblem(
+                Problem(.payloadTooLarge, "the body is \(length) bytes; --max-body-bytes allows \(configuration.maxBodyBytes)",
+                        closeConnection: true),
+                context: context, request: head)
+            return
+        }
+        if earlyProblem == nil, head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        }
+    }
+
+    /// Publisher authorisation: a bearer key when keys are configured, else a loopback peer.
+    private func authorize(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> Problem? {
+        let keys = configuration.publishKeys
+        if keys.isEmpty {
+            if PeerAddress.isLoopback(context.channel.remoteAddress) { return nil }
+            return Problem(.forbidden, "publishing is limited to loopback clients because no --publish-key is set")
+        }
+        let challenge = ("WWW-Authenticate", "Bearer realm=\"herald\"")
+        guard let authorization = head.headers.first(name: "authorization") else {
+            return Problem(.unauthorized, "send 'Authorization: Bearer <key>' with a --publish-key", headers: [challenge])
+        }
+        let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+            return Problem(.unauthorized, "the Authorization scheme must be Bearer", headers: [challenge])
+        }
+        let presented = Array(parts[1].trimmingSpaces().utf8)
+        var matched = false
+        for key in keys where Self.constantTimeEqual(presented, Array(key.utf8)) { matched = true }
+        if !matched {
+            return Problem(.unauthorized, "the bearer key is not valid",
+                           headers: [("WWW-Authenticate", "Bearer realm=\"herald\", error=\"invalid_token\"")])
+        }
+        return nil
+    }
+
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+        for index in 0..<max(a.count, b.count) {
+            let x = index < a.count ? a[index] : 0
+            let y = index < b.count ? b[index] : 0
+            difference |= x ^ y
+        }
+        return difference == 0
+    }
+
+    // MARK: Dispatch
+
+    private func dispatch(context: ChannelHandlerContext) {
+        guard let request else { return }
+        let method = request.method
+        if method == .OPTIONS {
+            answerOptions(context: context, request: request)
+            return
+        }
+        do {
+            switch (route, method) {
+            case (.events, .GET): try subscribe(context: context, request: request)
+            case (.events, .POST): try publish(context: context, request: request, directTo: nil)
+            case (.clientEvents(let token), .POST):
+                try validateToken(token)
+                try publish(context: context, request: request, directTo: token)
+            case (.clients, .GET): listClients(context: context, request: request, token: nil)
+            case (.client(let token), .GET):
+                try validateToken(token)
+                listClients(context: context, request: request, token: token)
+            case (.client(let token), .DELETE):
+                try validateToken(token)
+                disconnectClient(context: context, request: request, token: token)
+            case (.poll, .GET):
+                throw Problem(.notImplemented, "long-polling (/poll) is not available in this version; use /events")
+            case (.health, .GET), (.health, .HEAD):
+                respondJSON(context: context, request: request, status: .ok, json: "{\"status\":\"ok\"}")
+            case (.metrics, .GET), (.metrics, .HEAD):
+                serveMetrics(context: context, request: request)
+            case (.staticFile(let path), .GET), (.staticFile(let path), .HEAD):
+                serveStatic(context: context, request: request, path: path)
+            case (.unknownAPI, _):
+                throw Problem(.notFound, "no such endpoint: \(request.method.rawValue) \(request.uri.prefix(200))")
+            default:
+                throw Problem.methodNotAllowed(method, allowed: route.allowedMethods)
+            }
+        } catch let problem as Problem {
+            sendProblem(problem, context: context, request: request)
+        } catch let error as ValidationError {
+            sendProblem(Problem(.badRequest, error.detail), context: context, request: request)
+        } catch {
+            server.logger.debug("request failed", metadata: ["error": "\(error)"])
+            sendProblem(Problem(.internalServerError, "the server failed to answer: \(error)"), context: context, request: request)
+        }
+    }
+
+    func validateToken(_ token: String) throws {
+        do { try TopicRules.validate(clientToken: token) } catch { throw Problem(.badRequest, error.detail) }
+    }
+
+    private func answerOptions(context: ChannelHandlerContext, request: HTTPRequestHead) {
+        var headers: [(String, String)] = [("Allow", route.allowedMethods)]
+        let requestedMethod = request.headers.first(name: "access-control-request-method").map { HTTPMethod(rawValue: $0) } ?? .GET
+        let cors = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: route.corsScope(requestedMethod))
+        if !cors.isEmpty {
+            headers += cors
+            headers.append(("Access-Control-Allow-Methods", route.allowedMethods))
+            headers.append(("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Authorization, Content-Type, Idempotency-Key"))
+            headers.append(("Access-Control-Max-Age", "600"))
+        }
+        respond(context: context, request: request, status: .noContent, headers: headers, body: nil)
+    }
+
+    // MARK: Writing answers
+
+    /// Query parameters of the current request.
+    func queryItems(_ request: HTTPRequestHead) throws -> [(name: String, value: String)] {
+        guard let question = request.uri.firstIndex(of: "?") else { return [] }
+        do {
+            return try FormURLEncoded.parse(Array(request.uri.utf8[request.uri.utf8.index(after: question)...]))
+        } catch {
+            throw Problem(.badRequest, "query string: \(error.detail)")
+        }
+    }
+
+    func respondJSON(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus, json: String,
+                     headers: [(String, String)] = []) {
+        var buffer = context.channel.allocator.buffer(capacity: json.utf8.count)
+        buffer.writeString(json)
+        respond(context: context, request: request, status: status,
+                headers: [("Content-Type", "application/json")] + headers, body: buffer)
+    }
+
+    func sendProblem(_ problem: Problem, context: ChannelHandlerContext, request: HTTPRequestHead?) {
+        server.metrics.rejectedRequests.increment()
+        var headers: [(String, String)] = [("Content-Type", "application/problem+json")] + problem.headers
+        if let request {
+            let method = request.method == .OPTIONS ? HTTPMethod.GET : request.method
+            headers += server.corsHeaders(origin: request.headers.first(name: "origin"), scope: route.corsScope(method))
+        }
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        buffer.writeString(problem.json)
+        respond(context: context, request: request, status: problem.status, headers: headers, body: buffer,
+                close: problem.closeConnection)
+    }
+
+    /// Writes a complete response; keeps the connection for the next request unless the
+    /// request or `close` says otherwise.
+    func respond(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus,
+                 headers extra: [(String, String)], body: ByteBuffer?, close: Bool = false) {
+        guard !hasUnterminatedResponse, state != .closing, state != .streaming else { return }
+        let keepAlive = !close && (request?.isKeepAlive ?? false) && state != .discarding
+        var headers = HTTPHeaders(extra)
+        if status != .noContent && status != .notModified {
+            headers.replaceOrAdd(name: "Content-Length", value: String(body?.readableBytes ?? 0))
+        }
+        if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
+        let version = request?.version ?? .http1_1
+        hasUnterminatedResponse = true
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version.major == 1 && version.minor == 0 ? .http1_0 : .http1_1,
+                                                             status: status, headers: headers))), promise: nil)
+        if let body, request?.method != .HEAD, status != .notModified, status != .noContent {
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        hasUnterminatedResponse = false
+        state = keepAlive ? .idle : .closing
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if keepAlive {
+            self.request = nil
+            self.body = nil
+            armHeadTimer(context: context)
+        } else {
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}

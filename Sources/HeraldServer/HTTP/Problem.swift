@@ -1,0 +1,43 @@
+import HeraldCore
+import NIOCore
+import NIOHTTP1
+
+/// An error answer: an RFC 9457 `application/problem+json` body whose `detail` tells the
+/// caller what to fix, plus any headers the status needs (`Allow`, `Retry-After`, ...).
+struct Problem: Error {
+    var status: HTTPResponseStatus
+    var detail: String
+    var headers: [(String, String)] = []
+    /// Close the connection after answering (the request could not be read to its end).
+    var closeConnection = false
+
+    init(_ status: HTTPResponseStatus, _ detail: String, headers: [(String, String)] = [], closeConnection: Bool = false) {
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+        self.closeConnection = closeConnection
+    }
+
+    var json: String {
+        var text = "{\"type\":\"about:blank\",\"title\":"
+        JSON.appendQuoted(status.reasonPhrase, to: &text)
+        text += ",\"status\":\(status.code),\"detail\":"
+        JSON.appendQuoted(detail, to: &text)
+        text += "}"
+        return text
+    }
+
+    static func methodNotAllowed(_ method: HTTPMethod, allowed: String) -> Problem {
+        Problem(.methodNotAllowed, "\(method.rawValue) is not allowed here; use \(allowed)", headers: [("Allow", allowed)])
+    }
+
+    static func from(_ error: PublishError) -> Problem {
+        let status: HTTPResponseStatus
+        switch error.status {
+        case .badRequest: status = .badRequest
+        case .payloadTooLarge: status = .payloadTooLarge
+        case .unsupportedMediaType: status = .unsupportedMediaType
+        }
+        return Problem(status, error.detail)
+    }
+}

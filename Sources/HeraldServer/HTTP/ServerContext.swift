@@ -1,0 +1,40 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// What every connection handler shares: configuration, the hub, metrics, static files.
+/// Immutable after start (the hub and the file cache guard their own state).
+final class ServerContext: Sendable {
+    let configuration: HeraldConfiguration
+    let hub: Hub
+    let metrics: HeraldMetrics
+    let logger: Logger
+    let staticFiles: StaticFiles
+    let fileThreadPool: NIOThreadPool
+    /// Explicitly listed origins (everything but `*`).
+    let explicitOrigins: Set<String>
+    let allowsAnyOrigin: Bool
+
+    init(configuration: HeraldConfiguration, hub: Hub, metrics: HeraldMetrics, fileThreadPool: NIOThreadPool) {
+        self.configuration = configuration
+        self.hub = hub
+        self.metrics = metrics
+        self.logger = configuration.logger
+        self.staticFiles = StaticFiles(root: configuration.publicDirectory)
+        self.fileThreadPool = fileThreadPool
+        self.explicitOrigins = Set(configuration.corsOrigins.filter { $0 != "*" })
+        self.allowsAnyOrigin = configuration.corsOrigins.contains("*")
+    }
+
+    /// The CORS response headers for a request from `origin` under `scope`.
+    func corsHeaders(origin: String?, scope: CORSScope) -> [(String, String)] {
+        guard let origin, scope != .none else { return [] }
+        if explicitOrigins.contains(origin) {
+            return [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
+        }
+        if scope == .open && allowsAnyOrigin {
+            return [("Access-Control-Allow-Origin", "*")]
+        }
+        return []
+    }
+}

@@ -1,0 +1,132 @@
+import Atomics
+import Foundation
+import HeraldCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+
+/// The Herald SSE server as a swift-service-lifecycle `Service`.
+///
+/// `run()` binds, serves until graceful shutdown is triggered (SIGINT/SIGTERM through a
+/// `ServiceGroup`, or a test), then stops accepting, closes the streams spread over the grace
+/// period so clients do not reconnect in one storm, and returns.
+///
+/// ```swift
+/// var configuration = HeraldConfiguration()
+/// configuration.port = 0
+/// let server = HeraldServer(configuration: configuration)
+/// let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+/// try await group.run()
+/// ```
+public final class HeraldServer: Service, Sendable {
+    public let configuration: HeraldConfiguration
+    private let group: MultiThreadedEventLoopGroup
+    private let listening: EventLoopPromise<SocketAddress>
+    private let hub: Hub
+    private let metrics: HeraldMetrics
+    private let started = ManagedAtomic<Bool>(false)
+
+    public init(configuration: HeraldConfiguration) {
+        self.configuration = configuration
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+        self.listening = group.next().makePromise(of: SocketAddress.self)
+        self.metrics = HeraldMetrics()
+        let start = Hub.memoryStoreStart(nowMicroseconds: WallClock.microsecondsSince1970())
+        self.hub = Hub(capacity: max(1, configuration.historyCapacity), startingAfter: start, metrics: metrics)
+        var shards: [Shard] = []
+        for loop in group.makeIterator() {
+            shards.append(Shard(
+                eventLoop: loop, hub: hub, startingAt: start,
+                keepAlive: .nanoseconds(Int64(max(0.001, configuration.keepAlive) * 1_000_000_000)),
+                maxQueuedBytes: configuration.maxQueuedBytes, logger: configuration.logger))
+        }
+        hub.installShards(shards)
+    }
+
+    /// The address the server is bound to, once it is.
+    public func listeningAddress() async throws -> SocketAddress {
+        try await listening.futureResult.get()
+    }
+
+    public func run() async throws {
+        precondition(!started.exchange(true, ordering: .relaxed), "a HeraldServer runs once")
+        let logger = configuration.logger
+        let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
+        fileThreadPool.start()
+        let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = configuration.maxHeaderBytes
+        limits.maxHeaderFieldSize = configuration.maxHeaderBytes
+
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 4)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let operations = channel.pipeline.syncOperations
+                        try operations.configureHTTPServerPipeline(
+                            withPipeliningAssistance: true, withErrorHandling: false, withEncoderConfiguration: .init(),
+                            withDecoderLimitConfiguration: limits)
+                        try operations.addHandler(HTTPHandler(server: context))
+                    }
+                }
+                .bind(host: configuration.host, port: configuration.port)
+                .get()
+        } catch {
+            listening.fail(error)
+            try? await fileThreadPool.shutdownGracefully()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+
+        let address = channel.localAddress!
+        let url = Self.url(for: address)
+        logger.info("listening", metadata: ["herald.url": "\(url)", "herald.history": "\(configuration.historyCapacity)"])
+        if configuration.announceListening {
+            // Under a supervisor stdout is a pipe, so flush at once.
+            FileHandle.standardOutput.write(Data("listening on \(url)\n".utf8))
+        }
+        listening.succeed(address)
+
+        await withGracefulShutdownHandler {
+            try? await channel.closeFuture.get()
+        } onGracefulShutdown: {
+            logger.info("shutting down: no new connections, closing streams")
+            channel.close(promise: nil)
+        }
+        // Stop accepting (also when cancelled rather than shut down gracefully).
+        try? await channel.close()
+        await closeStreams(logger: logger)
+        try? await fileThreadPool.shutdownGracefully()
+        try? await group.shutdownGracefully()
+        logger.info("stopped")
+    }
+
+    /// Closes every stream at a random moment within the grace period, then waits for them
+    /// to be gone (a little longer than the grace period at most).
+    private func closeStreams(logger: Logger) async {
+        let grace = configuration.shutdownGrace
+        for shard in hub.shards {
+            shard.eventLoop.execute {
+                shard.closeAll(spreadOver: grace, retryMilliseconds: self.configuration.retryMilliseconds)
+            }
+        }
+        let deadline = NIODeadline.now() + grace + .seconds(1)
+        while hub.openStreams.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    static func url(for address: SocketAddress) -> String {
+        let host = address.ipAddress ?? "localhost"
+        let port = address.port ?? 0
+        if case .v6 = address { return "http://[\(host)]:\(port)" }
+        return "http://\(host):\(port)"
+    }
+}

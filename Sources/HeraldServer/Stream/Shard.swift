@@ -1,0 +1,410 @@
+import Atomics
+import HeraldCore
+import Logging
+import NIOCore
+
+/// The streams of one event loop, and fan-out to them.
+///
+/// Each event loop owns one shard: its streams, its topic index and its keep-alive list are
+/// touched only on that loop, so nothing here takes a lock. A publish costs each shard one
+/// `execute` (and a burst of publishes still one), not one hop per connection; the shard then
+/// writes the shared, pre-encoded buffers of the new events to every matching stream and
+/// flushes each stream once per batch.
+///
+/// `@unchecked Sendable`: every mutable property is confined to `eventLoop` (checked with
+/// `assertInEventLoop` in debug builds); only `deliveryScheduled` is touched from other
+/// threads, and it is atomic.
+final class Shard: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    unowned let hub: Hub
+    private let logger: Logger
+    private let keepAliveInterval: TimeAmount
+    private let maxQueuedBytes: Int
+    private let keepAliveComment: (chunked: ByteBuffer, plain: ByteBuffer)
+
+    /// The newest id this shard has handed to its live streams.
+    private(set) var deliveredThrough: Int64
+    private var index = TopicIndex<StreamConnection>()
+    private var streams: [ObjectIdentifier: StreamConnection] = [:]
+    private let deliveryScheduled = ManagedAtomic<Bool>(false)
+    private var toFlush: [StreamConnection] = []
+
+    // Keep-alive: streams in order of their last write, oldest first. A write moves a
+    // stream to the end, so one timer per loop finds every silent stream at the front.
+    private var oldest: StreamConnection?
+    private var newest: StreamConnection?
+    private var keepAliveTimer: Scheduled<Void>?
+    private let channelEmptyBuffer = ByteBuffer()
+
+    /// Replay batches: about this many bytes per socket write round.
+    static let replayBatchBytes = 64 * 1024
+    static let replayBatchScan = 8192
+
+    init(eventLoop: any EventLoop, hub: Hub, startingAt position: Int64, keepAlive: TimeAmount, maxQueuedBytes: Int, logger: Logger) {
+        self.maxQueuedBytes = maxQueuedBytes
+        self.eventLoop = eventLoop
+        self.hub = hub
+        self.deliveredThrough = position
+        self.keepAliveInterval = keepAlive
+        self.logger = logger
+        var comment: [UInt8] = []
+        SSEEncoder.appendComment("", to: &comment)
+        self.keepAliveComment = (
+            WireFormat.chunk(comment, allocator: hub.allocator),
+            WireFormat.frame(comment, chunked: false, allocator: hub.allocator)
+        )
+    }
+
+    var streamCount: Int {
+        eventLoop.assertInEventLoop()
+        return streams.count
+    }
+
+    // MARK: Live delivery
+
+    /// Called by publishers on any thread: makes sure one delivery run is queued.
+    func scheduleDelivery() {
+        if deliveryScheduled.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged {
+            eventLoop.execute { self.deliverPending() }
+        }
+    }
+
+    private func deliverPending() {
+        deliveryScheduled.store(false, ordering: .sequentiallyConsistent)
+        let pending = hub.events(after: deliveredThrough)
+        apply(pending)
+    }
+
+    /// Delivers a pulled batch to the live streams and advances the shard position.
+    private func apply(_ pending: Hub.Pending) {
+        eventLoop.assertInEventLoop()
+        if pending.missed {
+            // This loop fell more than a whole history behind the publishers (it was
+            // blocked for a long time). Its live streams may have missed events; closing
+            // them makes each reconnect and resume or reset from its own Last-Event-ID.
+            logger.warning("shard fell behind the history; closing its live streams", metadata: [
+                "herald.shard.position": "\(deliveredThrough)", "herald.history.newest": "\(pending.newest)",
+            ])
+            for stream in streams.values where !stream.replaying { stream.close(graceful: false) }
+        }
+        deliveredThrough = max(deliveredThrough, pending.newest)
+        guard !pending.events.isEmpty, !streams.isEmpty else { return }
+        deliver(pending.events)
+    }
+
+    private func deliver(_ events: [StoredEvent]) {
+        var deliveries: Int64 = 0
+        var bytes: Int64 = 0
+        for event in events {
+            index.forEachMatch(topics: event.topics, client: event.client) { stream in
+                guard !stream.replaying, !stream.closed, event.id > stream.cursor else { return }
+                stream.cursor = event.id
+                stream.lastSentID = event.id
+                let wire = event.wire(chunked: stream.chunked)
+                stream.write(wire)
+                deliveries += 1
+                bytes += Int64(wire.readableBytes)
+                if !stream.awaitingFlush {
+                    stream.awaitingFlush = true
+                    toFlush.append(stream)
+                }
+            }
+        }
+        guard !toFlush.isEmpty else { return }
+        let now = NIODeadline.now()
+        for stream in toFlush {
+            stream.awaitingFlush = false
+            stream.flush()
+            markWritten(stream, at: now)
+            checkBacklog(stream)
+        }
+        toFlush.removeAll(keepingCapacity: true)
+        hub.metrics.eventsDelivered.increment(by: deliveries)
+        hub.metrics.bytesSent.increment(by: bytes)
+    }
+
+    /// The slow-consumer policy: a live stream whose unsent output is over
+    /// `--max-queued-bytes` after a flush is closed (it resumes from history when it
+    /// reconnects), so it can never hold memory without bound or slow anyone else.
+    private func checkBacklog(_ stream: StreamConnection) {
+        if !stream.replaying && !stream.closed && !stream.isWritable {
+            logger.info("closing slow consumer", metadata: ["herald.client": "\(stream.token)"])
+            hub.metrics.slowConsumerDisconnects.increment()
+            stream.close(graceful: false)
+        }
+    }
+
+    // MARK: Opening streams
+
+    /// What the HTTP layer hands over when a subscription request is valid.
+    struct StreamRequest {
+        var token: String
+        var topics: [String]
+        var filter: TopicFilter
+        var lastEventID: String?
+        var paddingBytes: Int?
+        var chunked: Bool
+        var retryMilliseconds: Int
+        /// The response head (status line and headers), already serialised.
+        var head: ByteBuffer
+    }
+
+    /// Turns the connection of `context` into an event stream. Runs on this shard's loop,
+    /// inside the HTTP handler's read, so that registering the stream and computing where
+    /// it starts happen in one tick with no event in between.
+    func open(_ request: StreamRequest, httpContext context: ChannelHandlerContext) throws {
+        eventLoop.assertInEventLoop()
+        let (pending, opening) = hub.openStream(
+            shardPosition: deliveredThrough, lastEventID: request.lastEventID, filter: request.filter)
+        apply(pending)
+
+        let now = NIODeadline.now()
+        let stream = StreamConnection(
+            shard: self, token: request.token, topics: request.topics, filter: request.filter,
+            chunked: request.chunked, connectedAt: Self.millisecondsSince1970(), cursor: deliveredThrough, now: now)
+
+        var preamble: [UInt8] = []
+        SSEEncoder.appendRetry(milliseconds: request.retryMilliseconds, to: &preamble)
+        if let padding = request.paddingBytes {
+            SSEEncoder.appendPadding(minimumBytes: padding, to: &preamble)
+        }
+        var resumed = false
+        var followUp: [StoredEvent] = []
+        var resetReason: ResetReason?
+        switch opening {
+        case .fresh(let retained):
+            followUp = retained
+        case .resume(let after):
+            resumed = true
+            stream.cursor = after
+            stream.replaying = after < deliveredThrough
+            hub.metrics.replays.increment()
+        case .reset(let reason, let retained):
+            resetReason = reason
+            followUp = retained
+            hub.metrics.resets.increment()
+        }
+        appendHello(token: request.token, topics: request.topics, resumed: resumed, to: &preamble)
+        if let resetReason {
+            Self.appendReset(reason: resetReason, lastEventID: request.lastEventID ?? "", newest: deliveredThrough, to: &preamble)
+        }
+
+        // Take the socket over: the stream handler goes first in the pipeline (its writes
+        // reach the socket directly), the HTTP codec is removed on the next tick (its memory
+        // is most of an idle connection's), and a small receive buffer is enough to notice
+        // the peer closing.
+        let channel = context.channel
+        try context.pipeline.syncOperations.addHandler(stream, position: .first)
+        if let options = channel.syncOptions {
+            try options.setOption(ChannelOptions.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256))
+            let high = max(1, maxQueuedBytes)
+            try options.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
+        }
+
+        streams[ObjectIdentifier(stream)] = stream
+        index.insert(stream, filter: request.filter)
+        appendToKeepAliveList(stream)
+
+        stream.write(request.head)
+        stream.write(WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator))
+        for event in followUp {
+            stream.write(event.wire(chunked: request.chunked))
+            stream.lastSentID = event.id
+        }
+        if stream.replaying {
+            continueReplay(stream)
+        } else {
+            stream.flush()
+        }
+    }
+
+    /// Sends the next slice of a replay and, once the socket has taken it, the one after;
+    /// when the replay reaches the shard's live position the stream goes live.
+    private func continueReplay(_ stream: StreamConnection) {
+        eventLoop.assertInEventLoop()
+        guard stream.replaying, !stream.closed else { return }
+        let batch = hub.replayBatch(
+            after: stream.cursor, through: deliveredThrough, filter: stream.filter,
+            maxBytes: Self.replayBatchBytes, maxScan: Self.replayBatchScan)
+        if batch.truncated {
+            // The history moved past this stream while it was replaying: it missed events
+            // it can no longer get, so it is told to reload its state, as on connect.
+            var bytes: [UInt8] = []
+            Self.appendReset(reason: .historyTruncated, lastEventID: String(stream.cursor), newest: deliveredThrough, to: &bytes)
+            stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
+            for event in hub.retainedEvents(for: stream.filter, through: deliveredThrough) {
+                stream.write(event.wire(chunked: stream.chunked))
+                stream.lastSentID = event.id
+            }
+            hub.metrics.resets.increment()
+            stream.cursor = deliveredThrough
+            stream.replaying = false
+            stream.flush()
+            markWritten(stream, at: .now())
+            return
+        }
+        var bytes: Int64 = 0
+        for event in batch.events {
+            let wire = event.wire(chunked: stream.chunked)
+            stream.write(wire)
+            bytes += Int64(wire.readableBytes)
+            stream.lastSentID = event.id
+        }
+        stream.cursor = batch.position
+        hub.metrics.eventsDelivered.increment(by: Int64(batch.events.count))
+        hub.metrics.bytesSent.increment(by: bytes)
+        if batch.position >= deliveredThrough {
+            stream.replaying = false
+            stream.flush()
+            if !batch.events.isEmpty { markWritten(stream, at: .now()) }
+            return
+        }
+        if batch.events.isEmpty {
+            // Nothing matched in this slice of the history: look at the next one after
+            // other work on the loop has had its turn.
+            eventLoop.assumeIsolated().execute { self.continueReplay(stream) }
+            return
+        }
+        let promise = eventLoop.makePromise(of: Void.self)
+        stream.write(channelEmptyBuffer, promise: promise)
+        stream.flush()
+        markWritten(stream, at: .now())
+        promise.futureResult.assumeIsolated().whenSuccess { self.continueReplay(stream) }
+    }
+
+    private func appendHello(token: String, topics: [String], resumed: Bool, to bytes: inout [UInt8]) {
+        var json = "{\"client\":"
+        JSON.appendQuoted(token, to: &json)
+        json += ",\"topics\":["
+        for (index, topic) in topics.enumerated() {
+            if index > 0 { json += "," }
+            JSON.appendQuoted(topic, to: &json)
+        }
+        json += "],\"resumed\":\(resumed)}"
+        SSEEncoder.appendEvent(id: nil, type: "herald.hello", data: json, to: &bytes)
+    }
+
+    static func appendReset(reason: ResetReason, lastEventID: String, newest: Int64, to bytes: inout [UInt8]) {
+        var json = "{\"reason\":\"\(reason.rawValue)\",\"lastEventId\":"
+        JSON.appendQuoted(lastEventID, to: &json)
+        json += "}"
+        SSEEncoder.appendEvent(id: newest, type: "herald.reset", data: json, to: &bytes)
+    }
+
+    static func millisecondsSince1970() -> Int64 { WallClock.millisecondsSince1970() }
+
+    // MARK: Closing
+
+    func remove(_ stream: StreamConnection) {
+        eventLoop.assertInEventLoop()
+        guard streams.removeValue(forKey: ObjectIdentifier(stream)) != nil else { return }
+        stream.closed = true
+        index.remove(stream, filter: stream.filter)
+        removeFromKeepAliveList(stream)
+        hub.openStreams.wrappingDecrement(ordering: .relaxed)
+    }
+
+    /// Closes every stream of `token`; returns how many there were.
+    func close(token: String) -> Int {
+        eventLoop.assertInEventLoop()
+        var count = 0
+        for stream in streams.values where stream.token == token && !stream.closed {
+            stream.close(graceful: true)
+            count += 1
+        }
+        return count
+    }
+
+    /// Graceful shutdown: every stream gets a `retry:` hint spread over the grace period and
+    /// is closed at a random moment within it, so clients do not all reconnect at once.
+    func closeAll(spreadOver grace: TimeAmount, retryMilliseconds: Int) {
+        eventLoop.assertInEventLoop()
+        keepAliveTimer?.cancel()
+        keepAliveTimer = nil
+        for stream in streams.values {
+            let delay = TimeAmount.nanoseconds(grace.nanoseconds > 0 ? Int64.random(in: 0...grace.nanoseconds) : 0)
+            let retry = retryMilliseconds + Int(delay.nanoseconds / 1_000_000)
+            eventLoop.assumeIsolated().scheduleTask(in: delay) {
+                guard !stream.closed else { return }
+                var bytes: [UInt8] = []
+                SSEEncoder.appendComment("server shutting down", to: &bytes)
+                SSEEncoder.appendRetry(milliseconds: retry, to: &bytes)
+                stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: self.hub.allocator))
+                stream.close(graceful: true)
+            }
+        }
+    }
+
+    // MARK: Client listing
+
+    struct StreamInfo {
+        var token: String
+        var topics: [String]
+        var connectedAt: Int64
+        var lastEventID: Int64?
+        var queuedBytes: Int
+    }
+
+    func streamInfos(token: String?) -> [StreamInfo] {
+        eventLoop.assertInEventLoop()
+        var infos: [StreamInfo] = []
+        for stream in streams.values where !stream.closed && (token == nil || stream.token == token) {
+            infos.append(StreamInfo(
+                token: stream.token, topics: stream.topics, connectedAt: stream.connectedAt,
+                lastEventID: stream.lastSentID, queuedBytes: stream.queuedBytes))
+        }
+        return infos
+    }
+
+    func tokens() -> Set<String> {
+        eventLoop.assertInEventLoop()
+        var tokens = Set<String>()
+        for stream in streams.values where !stream.closed { tokens.insert(stream.token) }
+        return tokens
+    }
+
+    // MARK: Keep-alive
+
+    private func appendToKeepAliveList(_ stream: StreamConnection) {
+        stream.older = newest
+        stream.newer = nil
+        if let newest { newest.newer = stream } else { oldest = stream }
+        newest = stream
+        if keepAliveTimer == nil { armKeepAlive() }
+    }
+
+    private func removeFromKeepAliveList(_ stream: StreamConnection) {
+        if let older = stream.older { older.newer = stream.newer } else if oldest === stream { oldest = stream.newer }
+        if let newer = stream.newer { newer.older = stream.older } else if newest === stream { newest = stream.older }
+        stream.older = nil
+        stream.newer = nil
+    }
+
+    private func markWritten(_ stream: StreamConnection, at now: NIODeadline) {
+        stream.lastWrite = now
+        guard newest !== stream, !stream.closed else { return }
+        removeFromKeepAliveList(stream)
+        appendToKeepAliveList(stream)
+    }
+
+    private func armKeepAlive() {
+        guard keepAliveTimer == nil, let oldest else { return }
+        keepAliveTimer = eventLoop.scheduleTask(deadline: oldest.lastWrite + keepAliveInterval) {
+            self.keepAliveTimer = nil
+            self.sendKeepAlives()
+        }
+    }
+
+    private func sendKeepAlives() {
+        let now = NIODeadline.now()
+        // A millisecond of slack so a timer that fires a hair early still counts.
+        let due = now - keepAliveInterval + .milliseconds(1)
+        while let stream = oldest, stream.lastWrite <= due {
+            stream.write(stream.chunked ? keepAliveComment.chunked : keepAliveComment.plain)
+            stream.flush()
+            markWritten(stream, at: now)
+            checkBacklog(stream)
+        }
+        armKeepAlive()
+    }
+}

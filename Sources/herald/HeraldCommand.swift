@@ -1,0 +1,154 @@
+import ArgumentParser
+import HeraldServer
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `herald`: flags and `HERALD_*` environment variables -> ``HeraldConfiguration`` ->
+/// a `ServiceGroup` that runs the server until SIGINT or SIGTERM. Nothing else lives here.
+@main
+struct HeraldCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "herald",
+        abstract: "A Server-Sent Events server: publish with POST, subscribe with EventSource or curl.",
+        discussion: """
+        Every option can also be set by an environment variable: HERALD_ plus the option in upper \
+        snake case (HERALD_PORT, HERALD_RETRY_MS, ...). Repeatable options take a comma-separated list \
+        there (HERALD_PUBLISH_KEY=k1,k2); flags take 1/true/yes/on. A command-line option wins over its variable.
+        """
+    )
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to listen on (0 picks a free one; the bound address is printed).")
+    var port = 8080
+
+    @Option(name: .customLong("public"), help: "Folder of static files served under /.")
+    var publicDirectory = "./public"
+
+    @Option(help: "History ring capacity in events.")
+    var history = 10_000
+
+    @Option(help: "Seconds of silence before a stream gets a ':' keep-alive comment.")
+    var keepalive: Double = 15
+
+    @Option(name: .customLong("retry-ms"), help: "The retry: hint sent to clients, in milliseconds.")
+    var retryMilliseconds = 3000
+
+    @Option(name: .customLong("publish-key"), help: "Bearer key accepted for publishing and /clients (repeatable). Without any, only loopback peers may publish.")
+    var publishKeys: [String] = []
+
+    @Option(name: .customLong("cors-origin"), help: "Allowed cross-origin origin (repeatable; default '*' for the subscribe endpoints).")
+    var corsOrigins: [String] = []
+
+    @Option(name: .customLong("max-connections"), help: "Maximum open streams; more get 503 with Retry-After.")
+    var maxConnections: Int?
+
+    @Option(name: .customLong("max-event-bytes"), help: "Largest event data in bytes.")
+    var maxEventBytes = 65_536
+
+    @Option(name: .customLong("max-body-bytes"), help: "Largest publish body in bytes.")
+    var maxBodyBytes = 1_048_576
+
+    @Option(name: .customLong("max-queued-bytes"), help: "Unsent bytes per stream before it is disconnected as a slow consumer.")
+    var maxQueuedBytes = 1_048_576
+
+    @Flag(name: .customLong("no-chunked"), help: "Send streams close-delimited instead of chunked.")
+    var noChunked = false
+
+    @Flag(help: "Start the built-in stock-quote feed.")
+    var demo = false
+
+    @Option(help: "Event store: 'memory' (the default).")
+    var store = "memory"
+
+    @Option(help: "Event-loop threads (one fan-out shard each); default: one per core.")
+    var threads: Int?
+
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds over which streams are closed on shutdown.")
+    var shutdownGrace: Double = 3
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard history >= 1 else { throw ValidationError("--history must be at least 1") }
+        guard keepalive > 0 else { throw ValidationError("--keepalive must be more than 0 seconds") }
+        guard retryMilliseconds >= 0 else { throw ValidationError("--retry-ms must not be negative") }
+        guard maxEventBytes > 0, maxBodyBytes > 0, maxQueuedBytes > 0 else {
+            throw ValidationError("--max-event-bytes, --max-body-bytes and --max-queued-bytes must be positive")
+        }
+        if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        guard shutdownGrace >= 0, shutdownGrace <= 60 else { throw ValidationError("--shutdown-grace must be 0...60 seconds") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a level") }
+        guard store == "memory" else {
+            throw ValidationError("--store '\(store)' is not available in this version; use 'memory'")
+        }
+        for key in publishKeys where key.isEmpty || key.contains(" ") {
+            throw ValidationError("--publish-key must be non-empty and contain no spaces")
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "herald")
+        logger.logLevel = level
+
+        var configuration = HeraldConfiguration()
+        configuration.host = host
+        configuration.port = port
+        configuration.publicDirectory = publicDirectory
+        configuration.historyCapacity = history
+        configuration.keepAlive = keepalive
+        configuration.retryMilliseconds = retryMilliseconds
+        configuration.publishKeys = publishKeys
+        configuration.corsOrigins = corsOrigins.isEmpty ? ["*"] : corsOrigins
+        configuration.maxConnections = maxConnections
+        configuration.maxEventBytes = maxEventBytes
+        configuration.maxBodyBytes = maxBodyBytes
+        configuration.maxQueuedBytes = maxQueuedBytes
+        configuration.noChunked = noChunked
+        configuration.demo = demo
+        if let threads { configuration.eventLoopThreads = threads }
+        configuration.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
+        configuration.logger = logger
+        configuration.announceListening = true
+
+        let server = HeraldServer(configuration: configuration)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: server)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+    }
+
+    /// Parses the command line with `HERALD_*` variables filled in for options it lacks.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            let merged = try EnvironmentDefaults.merge(arguments: arguments, environment: EnvironmentDefaults.processEnvironment())
+            var command = try parseAsRoot(merged)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
