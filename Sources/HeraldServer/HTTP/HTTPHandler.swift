@@ -68,26 +68,47 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headTimer?.cancel()
         headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestHeadTimeout) { [weak self] in
             guard let self, self.state == .idle else { return }
-            self.sendProblem(
-                Problem(.requestTimeout, "the request head did not arrive within \(self.configuration.requestHeadTimeout.nanoseconds / 1_000_000_000) s",
-                        closeConnection: true),
-                context: context, request: nil)
+            self.sendRawProblemAndClose(
+                Problem(.requestTimeout, "the request head did not arrive within \(self.configuration.requestHeadTimeout.nanoseconds / 1_000_000_000) s"),
+                context: context)
         }
+    }
+
+    /// Answers outside the request/response cycle (a timeout, a request that could not be
+    /// parsed) by writing the bytes below the HTTP codec, then closes. NIO's pipelining
+    /// handler rightly refuses a response for a request it never saw.
+    func sendRawProblemAndClose(_ problem: Problem, context: ChannelHandlerContext) {
+        guard state != .closing, state != .streaming else { return }
+        state = .closing
+        server.metrics.rejectedRequests.increment()
+        let body = problem.json
+        var text = "HTTP/1.1 \(problem.status.code) \(problem.status.reasonPhrase)\r\n"
+        text += "Content-Type: application/problem+json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+        text += body
+        guard let codec = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self) else {
+            context.close(promise: nil)
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
+        buffer.writeString(text)
+        codec.writeAndFlush(NIOAny(buffer)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let parserError = error as? HTTPParserError {
-            if !hasUnterminatedResponse && state != .streaming && state != .closing {
-                let problem: Problem
+            // Only a connection between requests can be answered; one with an answer under
+            // way is just closed (its bytes would interleave with that answer).
+            if state == .idle || state == .receiving {
                 switch parserError {
                 case .headerOverflow:
-                    problem = Problem(.requestHeaderFieldsTooLarge,
-                                      "the request header section is larger than \(configuration.maxHeaderBytes) bytes", closeConnection: true)
+                    sendRawProblemAndClose(
+                        Problem(.requestHeaderFieldsTooLarge, "the request header section is larger than \(configuration.maxHeaderBytes) bytes"),
+                        context: context)
                 default:
-                    problem = Problem(.badRequest, "malformed HTTP request (\(parserError))", closeConnection: true)
+                    sendRawProblemAndClose(Problem(.badRequest, "malformed HTTP request (\(parserError))"), context: context)
                 }
-                sendProblem(problem, context: context, request: nil)
             } else {
+                state = .closing
                 context.close(promise: nil)
             }
             return
