@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need (idempotently), runs the Swift test
+# suites (HeraldCore unit tests, HeraldServer integration tests over real sockets), then
+# drives the built `herald` binary with curl: flags from the environment, stream, publish,
+# 406, keep-alive, static page, graceful SIGTERM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+log "swift build (debug, with tests)"
+swift build --build-tests
+
+log "swift test"
+swift test --skip-build
+
+log "end-to-end: the herald binary driven by curl"
+bin="$(swift build --show-bin-path)/herald"
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  jobs -p | xargs -r kill 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+passed=0
+failed=0
+check() { # check NAME COMMAND...
+  local name="$1"; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   - $name"; else failed=$((failed + 1)); echo "FAIL - $name"; fi
+}
+
+# A bad flag and a bad environment value are usage errors.
+check "unknown flag is a usage error" bash -c "! '$bin' --no-such-flag >/dev/null 2>&1"
+check "bad HERALD_PORT is a usage error" bash -c "! HERALD_PORT=abc '$bin' >/dev/null 2>&1"
+check "--help lists the flags" bash -c "'$bin' --help | grep -q -- '--max-queued-bytes'"
+
+HERALD_PORT=0 HERALD_PUBLISH_KEY="k-one, k-two" HERALD_KEEPALIVE=1 HERALD_PUBLIC=public \
+  "$bin" --host 127.0.0.1 >"$work/stdout" 2>"$work/stderr" &
+pid=$!
+for _ in $(seq 1 200); do grep -q '^listening on ' "$work/stdout" 2>/dev/null && break; sleep 0.05; done
+url="$(sed -n 's/^listening on //p' "$work/stdout" | head -n 1)"
+check "prints 'listening on http://HOST:PORT'" test -n "$url"
+echo "     server at $url"
+
+code="$(curl -s -o "$work/406" -w '%{http_code}' "$url/events?topic=demo")"
+check "subscribe without Accept is 406" test "$code" = 406
+check "406 detail tells curl users the header" grep -q "Accept: text/event-stream" "$work/406"
+
+curl -s -N --max-time 4 -H 'Accept: text/event-stream' "$url/events?topic=demo&client=curl_client" >"$work/stream" &
+for _ in $(seq 1 100); do grep -q 'herald.hello' "$work/stream" 2>/dev/null && break; sleep 0.05; done
+check "stream starts with retry: and herald.hello" bash -c "head -n 1 '$work/stream' | grep -q '^retry: 3000' && grep -q 'event: herald.hello' '$work/stream'"
+
+code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$url/events?topic=demo" --data-binary 'no key')"
+check "publish without a key is 401 (HERALD_PUBLISH_KEY is read)" test "$code" = 401
+ids="$(curl -s -X POST "$url/events?topic=demo&type=note" -H 'Authorization: Bearer k-two' -H 'Content-Type: text/plain' --data-binary $'first line\nsecond line')"
+check "raw publish with the second key returns ids" bash -c "echo '$ids' | grep -q '\"ids\":\[\"[0-9]*\"\]'"
+curl -s -X POST "$url/events" -H 'Authorization: Bearer k-one' -H 'Content-Type: application/x-ndjson' \
+  --data-binary $'{"topic":"demo","data":{"price":1.5}}\n{"topic":"other","data":"x"}\n' >/dev/null
+sleep 1.6
+check "the stream got the raw event as two data: lines" grep -q '^data: second line' "$work/stream"
+check "the stream got the NDJSON event, not the other topic" bash -c "grep -q '^data: {\"price\":1.5}' '$work/stream' && ! grep -q '^data: x$' '$work/stream'"
+check "a keep-alive comment followed a silent second" grep -q '^:' "$work/stream"
+
+code="$(curl -s -o "$work/index" -w '%{http_code}' "$url/")"
+check "GET / serves public/index.html" bash -c "test '$code' = 200 && grep -qi '<html' '$work/index'"
+check "/health is ok" bash -c "curl -s '$url/health' | grep -q '\"status\":\"ok\"'"
+
+start=$(date +%s%N)
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+pid=""
+check "SIGTERM: exit 0 (got $status) within 5 s (took ${elapsed_ms} ms)" bash -c "test $status = 0 && test $elapsed_ms -lt 5000"
+
+echo
+echo "end-to-end: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
