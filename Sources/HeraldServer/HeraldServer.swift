@@ -67,6 +67,10 @@ public final class HeraldServer: Service, Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.maxMessagesPerRead, value: 4)
+                // NIO keeps each connection's last receive buffer for reuse, for as long as
+                // the connection lives. A 2 KiB default would be most of an idle stream's
+                // memory; request heads fit in 512 bytes, and the allocator grows for bodies.
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let operations = channel.pipeline.syncOperations

@@ -190,13 +190,12 @@ final class Shard: @unchecked Sendable {
         }
 
         // Take the socket over: the stream handler goes first in the pipeline (its writes
-        // reach the socket directly), the HTTP codec is removed on the next tick (its memory
-        // is most of an idle connection's), and a small receive buffer is enough to notice
-        // the peer closing.
+        // reach the socket directly) and the HTTP codec is removed on the next tick (a
+        // stream only needs to notice the peer closing). The write-buffer watermark is the
+        // slow-consumer limit.
         let channel = context.channel
         try context.pipeline.syncOperations.addHandler(stream, position: .first)
         if let options = channel.syncOptions {
-            try options.setOption(ChannelOptions.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256))
             let high = max(1, maxQueuedBytes)
             try options.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
         }
