@@ -97,6 +97,8 @@ public final class HeraldServer: Service, Sendable {
             FileHandle.standardOutput.write(Data("listening on \(url)\n".utf8))
         }
         listening.succeed(address)
+        let demo = configuration.demo ? DemoFeed(hub: hub, loop: group.next(), logger: logger) : nil
+        demo?.start()
 
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
@@ -106,6 +108,7 @@ public final class HeraldServer: Service, Sendable {
         }
         // Stop accepting (also when cancelled rather than shut down gracefully).
         try? await channel.close()
+        demo?.stop()
         await closeStreams(logger: logger)
         try? await fileThreadPool.shutdownGracefully()
         try? await group.shutdownGracefully()

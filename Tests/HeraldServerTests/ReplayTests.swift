@@ -39,6 +39,34 @@ struct ReplayTests {
         }
     }
 
+    @Test("Replay for prefix, wildcard and mixed subscriptions: each matching event once, in order")
+    func replayPatterns() async throws {
+        try await withServer { server in
+            let start = try await HTTPTestClient.publish(server.port, "/events?topic=warmup", body: "w")[0]
+            var expected: [String: [Int64]] = ["a/*": [], "*": [], "a/x&topic=b": [], "b&client=tok_12345": []]
+            for (index, topics) in [["a/x"], ["b"], ["a/y", "b"], ["c"], ["a/x"]].enumerated() {
+                let query = topics.map { "topic=\($0)" }.joined(separator: "&")
+                let id = try await HTTPTestClient.publish(server.port, "/events?\(query)", body: "e\(index)")[0]
+                if topics.contains(where: { $0.hasPrefix("a/") }) { expected["a/*"]!.append(id) }
+                expected["*"]!.append(id)
+                if topics.contains("a/x") || topics.contains("b") { expected["a/x&topic=b"]!.append(id) }
+                if topics.contains("b") { expected["b&client=tok_12345"]!.append(id) }
+            }
+            let direct = try await HTTPTestClient.publish(server.port, "/clients/tok_12345/events", body: "d")[0]
+            expected["b&client=tok_12345"]!.append(direct)
+            for (query, ids) in expected {
+                let client = try await SSEClient.open(
+                    port: server.port, path: "/events?topic=\(query)",
+                    headers: [("Accept", "text/event-stream"), ("Last-Event-ID", String(start))])
+                let events = try await client.waitForDataEvents(ids.count)
+                #expect(events.map(\.lastEventID) == ids.map(String.init), "\(query)")
+                try await Task.sleep(for: .milliseconds(50))
+                #expect(client.dataEvents.count == ids.count, "\(query): nothing extra")
+                await client.close()
+            }
+        }
+    }
+
     @Test("Every query spelling resumes; the header wins; empty values count as absent")
     func spellings() async throws {
         try await withServer { server in

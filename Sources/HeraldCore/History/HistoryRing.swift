@@ -9,9 +9,13 @@ public protocol HistoryEntry {
 /// search over the ring: O(log n) for `Last-Event-ID` resume, O(1) for append and eviction.
 /// `evictedThrough` remembers the highest id that ever left the ring (or the position a new
 /// sequence starts after), which is what decides whether a resume id is still covered.
+///
+/// The hot methods are `@inlinable` so that the server's use of the ring is specialised for
+/// its element type (an unspecialised generic ring costs a metadata lookup and a boxed copy
+/// per element, which a replay scan of thousands of entries per stream notices).
 public struct HistoryRing<Entry: HistoryEntry> {
-    private var storage: [Entry?]
-    private var head = 0  // index of the oldest entry
+    @usableFromInline var storage: [Entry?]
+    @usableFromInline var head = 0  // index of the oldest entry
     public private(set) var count = 0
     public let capacity: Int
     /// Highest id known to be gone from the ring, or the starting position of the sequence.
@@ -57,12 +61,14 @@ public struct HistoryRing<Entry: HistoryEntry> {
     }
 
     /// The entry at logical position `index` (0 = oldest).
+    @inlinable
     public subscript(index: Int) -> Entry {
         precondition(index >= 0 && index < count)
         return storage[(head + index) % storage.count]!
     }
 
     /// Logical index of the first entry with an id greater than `id` (`count` if none).
+    @inlinable
     public func firstIndex(after id: Int64) -> Int {
         var low = 0
         var high = count
@@ -83,6 +89,7 @@ public struct HistoryRing<Entry: HistoryEntry> {
 
     /// Calls `body` for every entry with `after < id <= through`, oldest first; stops early
     /// when `body` returns false.
+    @inlinable
     public func forEach(after: Int64, through: Int64, _ body: (Entry) -> Bool) {
         var index = firstIndex(after: after)
         while index < count {

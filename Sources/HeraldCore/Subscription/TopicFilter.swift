@@ -22,6 +22,17 @@ public struct TopicFilter: Sendable, Equatable {
         self.clientToken = clientToken
     }
 
+    /// Whether every match is an exact topic or the client token, so that a replay can read
+    /// the per-topic logs instead of scanning the history.
+    public var isExactOnly: Bool { !matchesAll && prefixes.isEmpty }
+
+    /// The ``KeyedLog`` keys this filter matches (when ``isExactOnly``).
+    public var logKeys: [String] {
+        var keys = Array(exact)
+        if let clientToken { keys.append(LogKeys.direct(clientToken)) }
+        return keys
+    }
+
     /// Whether an event for `topics` (or, when `client` is set, a direct message) matches.
     /// `*` never matches direct messages.
     public func matches(topics: [String], client: String?) -> Bool {

@@ -3,18 +3,23 @@ import NIOCore
 import NIOHTTP1
 
 extension HTTPHandler {
-    /// `GET /events` (SPEC §1): validate, then turn the connection into a stream.
-    func subscribe(context: ChannelHandlerContext, request: HTTPRequestHead) throws {
-        guard AcceptNegotiation.acceptsEventStream(request.headers[canonicalForm: "accept"].map(String.init)) else {
-            throw Problem(.notAcceptable,
-                          "this endpoint only serves text/event-stream; send 'Accept: text/event-stream' (with curl: -N -H 'Accept: text/event-stream')")
-        }
-        let query = try queryItems(request)
+    /// The subscription parameters shared by `/events` and `/poll`.
+    struct Subscription {
+        var topics: [String]
+        var token: String?
+        var lastEventID: String?
+        var paddingBytes: Int?
+        var filter: TopicFilter
+    }
+
+    /// Parses and validates topics, client token, resume id (header first, then the query
+    /// spellings) and padding; throws a 400 problem naming the fault.
+    func parseSubscription(_ request: HTTPRequestHead) throws -> Subscription {
         var topics: [String] = []
         var token: String?
         var queryLastEventID: String?
         var paddingBytes: Int?
-        for (name, value) in query {
+        for (name, value) in try queryItems(request) {
             switch name {
             case "topic":
                 do { try TopicRules.validate(topic: value, forSubscription: true) } catch { throw Problem(.badRequest, "topic: \(error.detail)") }
@@ -48,21 +53,36 @@ extension HTTPHandler {
         if let header = request.headers.first(name: "last-event-id"), !header.isEmpty {
             lastEventID = header
         }
+        return Subscription(topics: topics, token: token, lastEventID: lastEventID, paddingBytes: paddingBytes,
+                            filter: TopicFilter(patterns: topics, clientToken: token))
+    }
 
+    /// Counts one more open stream or waiting poll against `--max-connections` (503 when full).
+    func acquireConnectionSlot() throws {
         let hub = server.hub
-        if let limit = configuration.maxConnections {
-            let open = hub.openStreams.wrappingIncrementThenLoad(ordering: .relaxed)
-            if open > limit {
-                hub.openStreams.wrappingDecrement(ordering: .relaxed)
-                throw Problem(.serviceUnavailable, "the server holds its maximum of \(limit) streams; retry later",
-                              headers: [("Retry-After", "5")])
-            }
-        } else {
+        guard let limit = configuration.maxConnections else {
             hub.openStreams.wrappingIncrement(ordering: .relaxed)
+            return
         }
+        if hub.openStreams.wrappingIncrementThenLoad(ordering: .relaxed) > limit {
+            hub.openStreams.wrappingDecrement(ordering: .relaxed)
+            throw Problem(.serviceUnavailable, "the server holds its maximum of \(limit) streams; retry later",
+                          headers: [("Retry-After", "5")])
+        }
+    }
+
+    /// `GET /events` (SPEC §1): validate, then turn the connection into a stream.
+    func subscribe(context: ChannelHandlerContext, request: HTTPRequestHead) throws {
+        guard AcceptNegotiation.acceptsEventStream(request.headers[canonicalForm: "accept"].map(String.init)) else {
+            throw Problem(.notAcceptable,
+                          "this endpoint only serves text/event-stream; send 'Accept: text/event-stream' (with curl: -N -H 'Accept: text/event-stream')")
+        }
+        let subscription = try parseSubscription(request)
+        try acquireConnectionSlot()
+        let hub = server.hub
 
         let chunked = !configuration.noChunked && !(request.version.major == 1 && request.version.minor == 0)
-        let clientToken = token ?? Self.randomToken()
+        let clientToken = subscription.token ?? Self.randomToken()
         var head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store, no-transform\r\nX-Accel-Buffering: no\r\n"
         head += chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n"
         for (name, value) in server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .open) {
@@ -73,8 +93,8 @@ extension HTTPHandler {
         headBuffer.writeString(head)
 
         let streamRequest = Shard.StreamRequest(
-            token: clientToken, topics: topics, filter: TopicFilter(patterns: topics, clientToken: token),
-            lastEventID: lastEventID, paddingBytes: paddingBytes, chunked: chunked,
+            token: clientToken, topics: subscription.topics, filter: subscription.filter,
+            lastEventID: subscription.lastEventID, paddingBytes: subscription.paddingBytes, chunked: chunked,
             retryMilliseconds: configuration.retryMilliseconds, head: headBuffer)
         state = .streaming
         do {

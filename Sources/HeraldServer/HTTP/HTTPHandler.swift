@@ -36,6 +36,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The answer decided before the body was read (auth failure, size), sent at its end.
     var earlyProblem: Problem?
     var hasUnterminatedResponse = false
+    /// A long poll of this connection that is waiting for events.
+    var pollWaiter: PollWaiter?
     private var headTimer: Scheduled<Void>?
 
     init(server: ServerContext) {
@@ -59,6 +61,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         headTimer?.cancel()
         headTimer = nil
+        cancelPoll(context: context)
         context.fireChannelInactive()
     }
 
@@ -256,8 +259,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case (.client(let token), .DELETE):
                 try validateToken(token)
                 disconnectClient(context: context, request: request, token: token)
-            case (.poll, .GET):
-                throw Problem(.notImplemented, "long-polling (/poll) is not available in this version; use /events")
+            case (.poll, .GET): try longPoll(context: context, request: request)
             case (.health, .GET), (.health, .HEAD):
                 respondJSON(context: context, request: request, status: .ok, json: "{\"status\":\"ok\"}")
             case (.metrics, .GET), (.metrics, .HEAD):

@@ -15,6 +15,7 @@ final class Hub: @unchecked Sendable {
     // the server accepts connections and only read afterwards.
     private let lock = NIOLock()
     private var ring: HistoryRing<StoredEvent>
+    private var logs = KeyedLog<StoredEvent>()
     private var retained: [String: StoredEvent] = [:]
     private var idempotency: [String: [Int64]] = [:]
     /// Keys in the order their events were published, with the newest id of each, so that
@@ -74,7 +75,8 @@ final class Hub: @unchecked Sendable {
                 let id = ring.newestID + 1
                 let event = StoredEvent(
                     id: id, topics: draft.topics, client: client, type: draft.type, data: draft.data, allocator: allocator)
-                ring.append(event)
+                if let evicted = ring.append(event) { logs.evict(evicted, keys: evicted.logKeys) }
+                logs.append(event, keys: event.logKeys)
                 ids.append(id)
                 if retain && client == nil {
                     for topic in draft.topics { retained[topic] = event }
@@ -167,17 +169,33 @@ final class Hub: @unchecked Sendable {
     }
 
     /// The next slice of a replay: matching events after `position` up to `through`,
-    /// stopping after about `maxBytes` of output or `maxScan` examined entries so that one
-    /// replay never holds the lock or the event loop for long.
-    func replayBatch(after position: Int64, through: Int64, filter: TopicFilter, maxBytes: Int, maxScan: Int) -> ReplayBatch {
+    /// stopping after about `maxBytes` of output, `maxEvents` events or `maxScan` examined
+    /// entries, so that one replay never holds the lock or the event loop for long.
+    /// Subscriptions to exact topics read the per-topic logs (cost proportional to what they
+    /// get); prefix and `*` subscriptions scan the ring.
+    func replayBatch(after position: Int64, through: Int64, filter: TopicFilter, maxBytes: Int, maxEvents: Int, maxScan: Int) -> ReplayBatch {
         lock.withLock {
             if ring.evictedThrough > position {
                 return ReplayBatch(events: [], position: position, truncated: true)
+            }
+            if filter.isExactOnly {
+                var (events, reached) = logs.entries(forKeys: filter.logKeys, after: position, through: through, limit: maxEvents)
+                var bytes = 0
+                for (index, event) in events.enumerated() {
+                    bytes += event.chunked.readableBytes
+                    if bytes >= maxBytes && index + 1 < events.count {
+                        events.removeSubrange((index + 1)...)
+                        reached = event.id
+                        break
+                    }
+                }
+                return ReplayBatch(events: events, position: reached, truncated: false)
             }
             var events: [StoredEvent] = []
             var bytes = 0
             var scanned = 0
             var reached = position
+            var stopped = false
             ring.forEach(after: position, through: through) { event in
                 scanned += 1
                 reached = event.id
@@ -185,9 +203,10 @@ final class Hub: @unchecked Sendable {
                     events.append(event)
                     bytes += event.chunked.readableBytes
                 }
-                return bytes < maxBytes && scanned < maxScan
+                stopped = bytes >= maxBytes || scanned >= maxScan || events.count >= maxEvents
+                return !stopped
             }
-            if scanned < maxScan && bytes < maxBytes { reached = through }
+            if !stopped { reached = through }
             return ReplayBatch(events: events, position: reached, truncated: false)
         }
     }

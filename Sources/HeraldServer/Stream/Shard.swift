@@ -26,6 +26,7 @@ final class Shard: @unchecked Sendable {
     private(set) var deliveredThrough: Int64
     private var index = TopicIndex<StreamConnection>()
     private var streams: [ObjectIdentifier: StreamConnection] = [:]
+    private var waiters: [ObjectIdentifier: PollWaiter] = [:]
     private let deliveryScheduled = ManagedAtomic<Bool>(false)
     private var toFlush: [StreamConnection] = []
 
@@ -39,6 +40,7 @@ final class Shard: @unchecked Sendable {
     /// Replay batches: about this many bytes per socket write round.
     static let replayBatchBytes = 64 * 1024
     static let replayBatchScan = 8192
+    static let replayBatchEvents = 1024
 
     init(eventLoop: any EventLoop, hub: Hub, startingAt position: Int64, keepAlive: TimeAmount, maxQueuedBytes: Int, logger: Logger) {
         self.maxQueuedBytes = maxQueuedBytes
@@ -88,8 +90,9 @@ final class Shard: @unchecked Sendable {
             for stream in streams.values where !stream.replaying { stream.close(graceful: false) }
         }
         deliveredThrough = max(deliveredThrough, pending.newest)
-        guard !pending.events.isEmpty, !streams.isEmpty else { return }
-        deliver(pending.events)
+        guard !pending.events.isEmpty else { return }
+        if !streams.isEmpty { deliver(pending.events) }
+        if !waiters.isEmpty { answerWaiters(pending.events) }
     }
 
     private func deliver(_ events: [StoredEvent]) {
@@ -131,6 +134,77 @@ final class Shard: @unchecked Sendable {
             logger.info("closing slow consumer", metadata: ["herald.client": "\(stream.token)"])
             hub.metrics.slowConsumerDisconnects.increment()
             stream.close(graceful: false)
+        }
+    }
+
+    // MARK: Long-polling
+
+    /// What the HTTP layer hands over for `GET /poll`.
+    struct PollRequest {
+        var filter: TopicFilter
+        var lastEventID: String?
+        var timeout: TimeAmount
+    }
+
+    /// Starts a long poll: answers at once when events (or a reset) are due, else waits on
+    /// this shard until a matching event is delivered or the timeout passes. Returns the
+    /// waiter so a closing connection can cancel it.
+    func poll(_ request: PollRequest, completion: @escaping PollWaiter.Completion) -> PollWaiter {
+        eventLoop.assertInEventLoop()
+        let (pending, opening) = hub.openStream(
+            shardPosition: deliveredThrough, lastEventID: request.lastEventID, filter: request.filter)
+        apply(pending)
+        let waiter = PollWaiter(filter: request.filter, cursor: deliveredThrough, completion: completion)
+        switch opening {
+        case .fresh(let retained):
+            if !retained.isEmpty {
+                waiter.finish(Array(retained.prefix(PollWaiter.maxEvents)), lastEventID: deliveredThrough, reset: false)
+                return waiter
+            }
+        case .resume(let after):
+            hub.metrics.replays.increment()
+            let batch = hub.replayBatch(
+                after: after, through: deliveredThrough, filter: request.filter,
+                maxBytes: Int.max, maxEvents: PollWaiter.maxEvents, maxScan: Int.max)
+            if !batch.events.isEmpty {
+                waiter.finish(batch.events, lastEventID: batch.position, reset: false)
+                return waiter
+            }
+        case .reset(_, let retained):
+            hub.metrics.resets.increment()
+            waiter.finish(Array(retained.prefix(PollWaiter.maxEvents)), lastEventID: deliveredThrough, reset: true)
+            return waiter
+        }
+        if request.timeout <= .zero {
+            waiter.finish([], lastEventID: deliveredThrough, reset: false)
+            return waiter
+        }
+        let key = ObjectIdentifier(waiter)
+        waiters[key] = waiter
+        waiter.timer = eventLoop.assumeIsolated().scheduleTask(in: request.timeout) {
+            self.waiters[key] = nil
+            waiter.finish([], lastEventID: waiter.cursor, reset: false)
+        }
+        return waiter
+    }
+
+    /// A waiting poll whose connection went away.
+    func cancel(_ waiter: PollWaiter) {
+        eventLoop.assertInEventLoop()
+        waiters[ObjectIdentifier(waiter)] = nil
+        waiter.timer?.cancel()
+    }
+
+    private func answerWaiters(_ events: [StoredEvent]) {
+        for (key, waiter) in waiters {
+            var matched: [StoredEvent] = []
+            for event in events where event.id > waiter.cursor && waiter.filter.matches(topics: event.topics, client: event.client) {
+                matched.append(event)
+                if matched.count == PollWaiter.maxEvents { break }
+            }
+            guard let last = matched.last else { continue }
+            waiters[key] = nil
+            waiter.finish(matched, lastEventID: last.id, reset: false)
         }
     }
 
@@ -224,7 +298,7 @@ final class Shard: @unchecked Sendable {
         guard stream.replaying, !stream.closed else { return }
         let batch = hub.replayBatch(
             after: stream.cursor, through: deliveredThrough, filter: stream.filter,
-            maxBytes: Self.replayBatchBytes, maxScan: Self.replayBatchScan)
+            maxBytes: Self.replayBatchBytes, maxEvents: Self.replayBatchEvents, maxScan: Self.replayBatchScan)
         if batch.truncated {
             // The history moved past this stream while it was replaying: it missed events
             // it can no longer get, so it is told to reload its state, as on connect.

@@ -32,6 +32,9 @@ public final class StoredEvent: HistoryEntry, Sendable {
         self.plain = WireFormat.unframed(self.chunked, payloadLength: bytes.count)
     }
 
+    /// Where the per-topic history files it: its topics, or its client's direct key.
+    var logKeys: [String] { client.map { [LogKeys.direct($0)] } ?? topics }
+
     /// The bytes for a stream: framed as a chunk or plain.
     @inline(__always)
     func wire(chunked: Bool) -> ByteBuffer { chunked ? self.chunked : self.plain }

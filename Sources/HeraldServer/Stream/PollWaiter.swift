@@ -1,0 +1,33 @@
+import HeraldCore
+import NIOCore
+
+/// A long-poll request waiting on its shard for the first matching event (SPEC §4). Like a
+/// stream it is confined to its event loop; unlike one it completes once and goes away.
+final class PollWaiter {
+    typealias Completion = (_ events: [StoredEvent], _ lastEventID: Int64, _ reset: Bool) -> Void
+
+    let filter: TopicFilter
+    var cursor: Int64
+    private var completion: Completion?
+    var timer: Scheduled<Void>?
+
+    /// The most events one answer carries; the client polls again for the rest.
+    static let maxEvents = 1000
+
+    init(filter: TopicFilter, cursor: Int64, completion: @escaping Completion) {
+        self.filter = filter
+        self.cursor = cursor
+        self.completion = completion
+    }
+
+    var isDone: Bool { completion == nil }
+
+    /// Answers once; later calls do nothing.
+    func finish(_ events: [StoredEvent], lastEventID: Int64, reset: Bool) {
+        timer?.cancel()
+        timer = nil
+        guard let completion else { return }
+        self.completion = nil
+        completion(events, lastEventID, reset)
+    }
+}
