@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need (idempotently), runs the Swift test
 # suites (HeraldCore unit tests, HeraldServer integration tests over real sockets), then
-# drives the built `herald` binary with curl: flags from the environment, stream, publish,
-# 406, keep-alive, static page, graceful SIGTERM.
+# drives the built `herald` binary with curl (flags from the environment, stream, publish,
+# 406, keep-alive, static page, graceful SIGTERM) and with headless Chromium (scripts/e2e:
+# the demo page, a cross-origin EventSource that resumes, the /poll fallback, a restart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,11 +12,14 @@ log() { printf '\n==> %s\n' "$*"; }
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+python3 -c 'import selenium, pytest' 2>/dev/null || { log "installing selenium and pytest"; python3 -m pip install -q selenium pytest; }
 
 log "swift build (debug, with tests)"
 swift build --build-tests
@@ -88,3 +92,6 @@ check "SIGTERM: exit 0 (got $status) within 5 s (took ${elapsed_ms} ms)" bash -c
 echo
 echo "end-to-end: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
+
+log "browser tests: headless Chromium against the demo page, CORS, /poll fallback, restart"
+HERALD_BIN="$bin" python3 -m pytest -q -p no:cacheprovider scripts/e2e

@@ -71,7 +71,7 @@ class Herald:
     def publish(self, topic, data):
         status, body = self.request("POST", f"/events?topic={topic}", data.encode(), {"Content-Type": "text/plain"})
         assert status == 200, body
-        return json.loads(body)["ids"][0]
+        return int(json.loads(body)["ids"][0])
 
 
 @pytest.fixture

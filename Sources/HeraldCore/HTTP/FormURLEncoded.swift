@@ -25,6 +25,13 @@ public enum FormURLEncoded {
     /// trailing `%`) are kept literally, as browsers do.
     public static func decode<Bytes: Collection>(_ bytes: Bytes, plusIsSpace: Bool = true) throws(ValidationError) -> String
     where Bytes.Element == UInt8 {
+        if !bytes.contains(where: { $0 == UInt8(ascii: "%") || ($0 == UInt8(ascii: "+") && plusIsSpace) }) {
+            // Nothing to decode: only check the bytes are UTF-8.
+            guard let text = String(validating: bytes, as: UTF8.self) else {
+                throw ValidationError("'\(String(decoding: bytes, as: UTF8.self).prefix(60))' does not decode to valid UTF-8")
+            }
+            return text
+        }
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
         var index = bytes.startIndex

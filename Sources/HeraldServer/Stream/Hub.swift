@@ -64,7 +64,10 @@ final class Hub: @unchecked Sendable {
 
     /// Publishes a batch atomically: all events get consecutive ids and enter the history
     /// together, or (for a repeated idempotency key) nothing happens and the first ids return.
-    func publish(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?) -> PublishOutcome {
+    /// - Parameter loop: the event loop the publish request runs on, if any: its shard
+    ///   delivers at once, inline, and only the other shards are woken.
+    func publish(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?,
+                 on loop: (any EventLoop)? = nil) -> PublishOutcome {
         let outcome: PublishOutcome = lock.withLock {
             if let idempotencyKey, let ids = idempotency[idempotencyKey] {
                 return PublishOutcome(ids: ids, repeated: true)
@@ -91,7 +94,13 @@ final class Hub: @unchecked Sendable {
         }
         if !outcome.repeated {
             metrics.eventsPublished.increment(by: Int64(outcome.ids.count))
-            for shard in shards { shard.scheduleDelivery() }
+            for shard in shards {
+                if let loop, shard.eventLoop === loop {
+                    shard.deliverNow()
+                } else {
+                    shard.scheduleDelivery()
+                }
+            }
         }
         return outcome
     }
