@@ -81,6 +81,10 @@ code="$(curl -s -o "$work/index" -w '%{http_code}' "$url/")"
 check "GET / serves public/index.html" bash -c "test '$code' = 200 && grep -qi '<html' '$work/index'"
 check "/health is ok" bash -c "curl -s '$url/health' | grep -q '\"status\":\"ok\"'"
 
+HERALD_URL="$url" HERALD_KEY=k-one DURATION=2 TICKS_PER_SECOND=5 scripts/stock-feed.sh >"$work/feed" 2>&1 || true
+check "scripts/stock-feed.sh publishes (with HERALD_KEY)" grep -q '^stock feed: published [1-9]' "$work/feed"
+check "its quotes are retained: /poll returns them at once" bash -c "curl -s '$url/poll?topic=quotes/*&timeout=0' | grep -q '\"type\":\"quote\"'"
+
 start=$(date +%s%N)
 kill -TERM "$pid"
 status=0

@@ -60,29 +60,55 @@ struct HeraldBench: AsyncParsableCommand {
     var publishTemplate: String { pubPath ?? (target == "nchan" ? "/pub/{topic}" : "/events?topic={topic}") }
     var topicNames: [String] { (0..<topics).map { topics == 1 ? "bench" : "bench-\($0)" } }
 
+    @Option(help: "Processes holding the streams (each holds at most about 19 000); 1 keeps them in this process.")
+    var processes = 1
+    @Option(help: "Internal: 'worker' runs one stream-holding process for a parent herald-bench.") var role = "main"
+    @Option(name: .customLong("plan"), help: "Internal: the worker's stream plan (JSON).") var workerPlan: String?
+
     func run() async throws {
         let fileLimit = raiseOpenFileLimit()
-        if streams + publishers + 16 > fileLimit {
-            throw ValidationError("\(streams) streams need more than this process's \(fileLimit) open files; run several processes")
+        if role == "worker" {
+            guard let workerPlan, let decoded = try? JSONDecoder().decode(StreamPlan.self, from: Data(workerPlan.utf8)) else {
+                throw ValidationError("--role worker needs --plan")
+            }
+            try await Worker.run(plan: decoded)
+            return
         }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-        var loopStats: [(any EventLoop, LoopStats)] = []
-        for loop in group.makeIterator() { loopStats.append((loop, LoopStats())) }
+        let perProcess = (streams + processes - 1) / processes
+        if perProcess + publishers + 16 > fileLimit {
+            throw ValidationError("\(perProcess) streams per process need more than the \(fileLimit) open files a process may have; use --processes \(streams / max(1, fileLimit - 200) + 1)")
+        }
         let names = topicNames
+        func plan(first: Int, stride: Int) -> StreamPlan {
+            StreamPlan(host: host, port: port, subscribeTemplate: subscribeTemplate, topics: topics, topicNames: names,
+                       first: first, stride: stride, total: streams, sourceAddresses: sourceAddresses,
+                       concurrency: max(1, concurrency / processes), threads: threads)
+        }
+        var groups: [any StreamGroup] = []
+        if processes <= 1 {
+            groups = [LocalStreams(plan: plan(first: 0, stride: 1))]
+        } else {
+            let executable = CommandLine.arguments[0].hasPrefix("/") ? CommandLine.arguments[0]
+                : FileManager.default.currentDirectoryPath + "/" + CommandLine.arguments[0]
+            for index in 0..<processes {
+                groups.append(try RemoteStreams(executable: executable, plan: plan(first: index, stride: processes)))
+            }
+        }
+        let publisherGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var report = Report(label: label, target: target, scenario: scenario, streams: streams, topics: topics,
                             rate: rate, duration: duration, payloadBytes: payload)
+        report.processes = processes
         report.serverBefore = serverPID.flatMap(ProcessStats.read)
 
-        // 1. Open the streams.
-        let records = (0..<streams).map { StreamRecord(index: $0, topic: $0 % topics) }
+        // 1. Open the streams (every group at once).
         let openStart = Clock.nowNanoseconds()
-        try await openStreams(records, group: group, loopStats: loopStats, names: names, resume: false)
+        try await Self.each(groups) { try await $0.open(resume: false) }
         let established = try await waitUntil(timeout: 120) {
-            let totals = try await Self.totals(loopStats)
-            return totals.established + totals.failed >= records.count ? totals : nil
+            let totals = try await Self.totals(groups)
+            return totals.established + totals.failed >= self.streams ? totals : nil
         }
         report.established = established?.established ?? 0
-        report.failed = established?.failed ?? records.count
+        report.failed = established?.failed ?? streams
         report.establishSeconds = Double(Clock.nowNanoseconds() - openStart) / 1e9
         log("streams: \(report.established) established, \(report.failed) failed in \(fmt(report.establishSeconds)) s")
 
@@ -90,7 +116,8 @@ struct HeraldBench: AsyncParsableCommand {
             try await Task.sleep(for: .seconds(settle))
             report.serverAfter = serverPID.flatMap(ProcessStats.read)
             report.computeMemory()
-            await closeAll(records, loopStats: loopStats)
+            try await Self.each(groups) { try await $0.closeAll() }
+            for group in groups { await group.shutdown() }
             try output(report)
             return
         }
@@ -99,7 +126,7 @@ struct HeraldBench: AsyncParsableCommand {
         let publisher = Publisher(
             target: .init(host: host, port: port, pathTemplate: publishTemplate, headers: parsedHeaders(pubHeaders),
                           topics: names, payloadBytes: payload),
-            loop: group.next())
+            loop: publisherGroup.next())
         try await publisher.connect(count: publishers)
         let cpuBefore = serverPID.flatMap(ProcessStats.read)
         let publishStart = Clock.nowNanoseconds()
@@ -107,155 +134,78 @@ struct HeraldBench: AsyncParsableCommand {
         var nextSeq = Int(rate * duration)
 
         if scenario == "reconnect" {
-            try await waitForDrain(loopStats)
+            try await waitForDrain(groups)
             // Drop every stream at once, publish while they are gone, then resume them all.
-            await closeAll(records, loopStats: loopStats)
+            try await Self.each(groups) { try await $0.closeAll() }
             try await Task.sleep(for: .milliseconds(200))
             try await publisher.run(rate: max(rate, 1000), seconds: Double(gapEvents) / max(rate, 1000), firstSeq: nextSeq)
             nextSeq += gapEvents
-            try await resetEstablished(loopStats)
+            try await Self.each(groups) { try await $0.resetCounters() }
             let reconnectStart = Clock.nowNanoseconds()
-            try await openStreams(records, group: group, loopStats: loopStats, names: names, resume: true)
+            try await Self.each(groups) { try await $0.open(resume: true) }
             let acknowledged = publisher.acknowledgedSeqs
             let caughtUp = try await waitUntil(timeout: 120) {
-                let missing = try await Self.missing(records, loopStats: loopStats, acknowledged: acknowledged, topics: self.topics)
+                let missing = try await Self.accounting(groups, acknowledged: acknowledged).missed
                 return missing == 0 ? true : nil
             }
             report.catchUpSeconds = caughtUp == nil ? nil : Double(Clock.nowNanoseconds() - reconnectStart) / 1e9
             log("reconnect storm: caught up in \(report.catchUpSeconds.map { fmt($0) } ?? "never (timeout)") s")
         } else {
-            try await waitForDrain(loopStats)
+            try await waitForDrain(groups)
         }
-        let publishEnd = try await Self.totals(loopStats).lastDeliveryNanos
+        let totals = try await Self.totals(groups)
         report.serverAfter = serverPID.flatMap(ProcessStats.read)
         if let before = cpuBefore, let after = report.serverAfter { report.serverCPUSeconds = after.cpuSeconds - before.cpuSeconds }
-        let totals = try await Self.totals(loopStats)
         let acknowledged = publisher.acknowledgedSeqs
         report.published = nextSeq
         report.acknowledged = acknowledged.count
         report.publishFailures = publisher.failureCount
         report.deliveries = totals.deliveries
-        let window = Double(max(publishEnd, publishStart + 1) - publishStart) / 1e9
+        let window = Double(max(totals.lastDeliveryNanos, publishStart + 1) - publishStart) / 1e9
         report.deliverySeconds = window
         report.deliveriesPerSecond = Double(totals.deliveries) / window
-        let (expected, missed, streamsMissing, duplicates) = try await Self.accounting(records, loopStats: loopStats, acknowledged: acknowledged, topics: topics)
-        report.expectedDeliveries = expected
-        report.missed = missed
-        report.streamsWithMissed = streamsMissing
-        report.duplicated = duplicates
-        report.latency = .init(totals.latencyMicros)
+        let accounting = try await Self.accounting(groups, acknowledged: acknowledged)
+        report.expectedDeliveries = accounting.expected
+        report.missed = accounting.missed
+        report.streamsWithMissed = accounting.streamsWithMissed
+        report.duplicated = accounting.duplicated
+        report.latency = .init(accounting.histogram())
         await publisher.close()
-        await closeAll(records, loopStats: loopStats)
+        try await Self.each(groups) { try await $0.closeAll() }
+        for group in groups { await group.shutdown() }
         try output(report)
     }
 
-    // MARK: Streams
-
-    func openStreams(_ records: [StreamRecord], group: MultiThreadedEventLoopGroup, loopStats: [(any EventLoop, LoopStats)],
-                     names: [String], resume: Bool) async throws {
-        var inFlight: [EventLoopFuture<any Channel>] = []
-        for record in records {
-            let (loop, stats) = loopStats[record.index % loopStats.count]
-            let path = subscribeTemplate.replacingOccurrences(of: "{topic}", with: names[record.topic])
-            var request = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nAccept: text/event-stream\r\n"
-            if resume {
-                let lastID = try await loop.submit { record.lastID }.get()
-                if !lastID.isEmpty { request += "Last-Event-ID: \(String(decoding: lastID, as: UTF8.self))\r\n" }
-            }
-            request += "\r\n"
-            let buffer = ByteBuffer(string: request)
-            var bootstrap = ClientBootstrap(group: loop)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(SubscriberHandler(record: record, stats: stats, request: buffer))
-                    }
-                }
-            if sourceAddresses > 1 {
-                bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: "127.0.0.\(1 + record.index % sourceAddresses)", port: 0))
-            }
-            let future = bootstrap.connect(host: host, port: port)
-            future.whenFailure { _ in loop.execute { stats.failed += 1 } }
-            inFlight.append(future)
-            if inFlight.count >= concurrency {
-                _ = try? await inFlight.removeFirst().get()
-            }
+    /// Runs `body` on every group concurrently.
+    static func each(_ groups: [any StreamGroup], _ body: @escaping @Sendable (any StreamGroup) async throws -> Void) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            for group in groups { tasks.addTask { try await body(group) } }
+            try await tasks.waitForAll()
         }
-        for future in inFlight { _ = try? await future.get() }
     }
 
-    func closeAll(_ records: [StreamRecord], loopStats: [(any EventLoop, LoopStats)]) async {
-        var futures: [EventLoopFuture<Void>] = []
-        for record in records {
-            let loop = loopStats[record.index % loopStats.count].0
-            futures.append(loop.flatSubmit {
-                guard let channel = record.channel else { return loop.makeSucceededVoidFuture() }
-                record.established = false
-                return channel.close().recover { _ in }
-            })
-        }
-        for future in futures { try? await future.get() }
+    static func totals(_ groups: [any StreamGroup]) async throws -> Totals {
+        var total = Totals()
+        for group in groups { total.add(try await group.totals()) }
+        return total
     }
 
-    func resetEstablished(_ loopStats: [(any EventLoop, LoopStats)]) async throws {
-        for (loop, stats) in loopStats { try await loop.submit { stats.established = 0; stats.failed = 0 }.get() }
+    static func accounting(_ groups: [any StreamGroup], acknowledged: [Int]) async throws -> Accounting {
+        var total = Accounting()
+        for group in groups { total.add(try await group.accounting(acknowledged: acknowledged)) }
+        return total
     }
 
     /// Waits until no delivery arrived for a second (or 60 s in all).
-    func waitForDrain(_ loopStats: [(any EventLoop, LoopStats)]) async throws {
+    func waitForDrain(_ groups: [any StreamGroup]) async throws {
         var last = -1
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
             try await Task.sleep(for: .seconds(1))
-            let now = try await Self.totals(loopStats).deliveries
+            let now = try await Self.totals(groups).deliveries
             if now == last { return }
             last = now
         }
-    }
-
-    static func totals(_ loopStats: [(any EventLoop, LoopStats)]) async throws -> LoopStats.Snapshot {
-        var total = LoopStats.Snapshot(
-            latencyMicros: Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three),
-            deliveries: 0, established: 0, failed: 0, lastDeliveryNanos: 0)
-        for (loop, stats) in loopStats {
-            let snapshot = try await loop.submit { stats.snapshot }.get()
-            total.latencyMicros.add(snapshot.latencyMicros)
-            total.deliveries += snapshot.deliveries
-            total.established += snapshot.established
-            total.failed += snapshot.failed
-            total.lastDeliveryNanos = max(total.lastDeliveryNanos, snapshot.lastDeliveryNanos)
-        }
-        return total
-    }
-
-    /// Expected, missed, streams with a miss, duplicates.
-    static func accounting(_ records: [StreamRecord], loopStats: [(any EventLoop, LoopStats)], acknowledged: [Int], topics: Int)
-        async throws -> (Int, Int, Int, Int) {
-        var byTopic = [[Int]](repeating: [], count: topics)
-        for seq in acknowledged { byTopic[seq % topics].append(seq) }
-        let expectedByTopic = byTopic
-        var expected = 0, missed = 0, streamsMissing = 0, duplicates = 0
-        for (loop, _) in loopStats {
-            let mine = records.filter { loopStats[$0.index % loopStats.count].0 === loop }
-            let result = try await loop.submit { () -> (Int, Int, Int, Int) in
-                var e = 0, m = 0, s = 0, d = 0
-                for record in mine where record.established || record.received > 0 {
-                    let wanted = expectedByTopic[record.topic]
-                    e += wanted.count
-                    let miss = wanted.reduce(0) { $0 + (record.has($1) ? 0 : 1) }
-                    m += miss
-                    if miss > 0 { s += 1 }
-                    d += record.duplicates
-                }
-                return (e, m, s, d)
-            }.get()
-            expected += result.0; missed += result.1; streamsMissing += result.2; duplicates += result.3
-        }
-        return (expected, missed, streamsMissing, duplicates)
-    }
-
-    static func missing(_ records: [StreamRecord], loopStats: [(any EventLoop, LoopStats)], acknowledged: [Int], topics: Int) async throws -> Int {
-        try await accounting(records, loopStats: loopStats, acknowledged: acknowledged, topics: topics).1
     }
 
     func waitUntil<T>(timeout: Double, _ check: () async throws -> T?) async throws -> T? {

@@ -24,6 +24,7 @@ struct Report: Codable {
     var rate: Double
     var duration: Double
     var payloadBytes: Int
+    var processes = 1
     var established = 0
     var failed = 0
     var establishSeconds = 0.0

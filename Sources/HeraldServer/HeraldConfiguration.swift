@@ -41,6 +41,9 @@ public struct HeraldConfiguration: Sendable {
     public var shutdownGrace: TimeAmount = .seconds(3)
     /// How long a client may take to send a complete request head.
     public var requestHeadTimeout: TimeAmount = .seconds(10)
+    /// How long a client may take to send a request body, once its head is in (a body sent
+    /// a byte at a time cannot hold a connection longer than this).
+    public var requestBodyTimeout: TimeAmount = .seconds(30)
     /// Largest request header section accepted (larger: 431).
     public var maxHeaderBytes = 16 * 1024
     public var logger = Logger(label: "herald")

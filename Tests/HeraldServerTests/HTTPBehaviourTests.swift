@@ -175,3 +175,67 @@ struct HTTPBehaviourTests {
         }
     }
 }
+
+@Suite("Hostile clients: slow heads and bodies, endless chunks, huge headers", .timeLimit(.minutes(2)))
+struct HostileClientTests {
+    @Test("Slowloris: connections dribbling a head or a body are cut off while normal clients are served")
+    func slowloris() async throws {
+        try await withServer({
+            $0.requestHeadTimeout = .milliseconds(500)
+            $0.requestBodyTimeout = .milliseconds(800)
+        }) { server in
+            var slow: [RawConnection] = []
+            for index in 0..<20 {
+                let connection = try await RawConnection.connect(port: server.port)
+                if index % 2 == 0 {
+                    try await connection.send("GET /health HTTP/1.1\r\nHost: x\r\n")
+                } else {
+                    try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+                }
+                slow.append(connection)
+            }
+            // A byte now and then does not keep them alive.
+            for _ in 0..<3 {
+                for connection in slow where !connection.isClosed { try? await connection.send("x") }
+                #expect(try await HTTPTestClient.get(server.port, "/health").status == 200)
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            for connection in slow {
+                let bytes = try await connection.waitForClose(timeout: .seconds(5))
+                #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 408"))
+            }
+            let stream = try await SSEClient.open(port: server.port, path: "/events?topic=a")
+            _ = try await stream.hello()
+            // Nothing from the cut-off bodies was published.
+            let ids = try await HTTPTestClient.publish(server.port, "/events?topic=a", body: "real")
+            #expect(try await stream.waitForDataEvents(1).map(\.lastEventID) == [String(ids[0])])
+            await stream.close()
+        }
+    }
+
+    @Test("A never-ending chunked body is cut off at --max-body-bytes with 413")
+    func endlessChunks() async throws {
+        try await withServer({ $0.maxBodyBytes = 64 * 1024 }) { server in
+            let connection = try await RawConnection.connect(port: server.port)
+            try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            let chunk = "400\r\n" + String(repeating: "z", count: 1024) + "\r\n"
+            for _ in 0..<200 where !connection.isClosed {
+                try? await connection.send(chunk)
+            }
+            let bytes = try await connection.waitForClose()
+            #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 413"))
+            #expect(try await HTTPTestClient.get(server.port, "/health").status == 200)
+        }
+    }
+
+    @Test("Many header lines adding up past 16 KiB get 431, one huge line too")
+    func headerFlood() async throws {
+        try await withServer { server in
+            let many = (0..<600).map { ("X-Header-\($0)", String(repeating: "h", count: 40)) }
+            let response = try await HTTPTestClient.get(server.port, "/health", headers: many)
+            #expect(response.status == 431)
+            let huge = try await HTTPTestClient.get(server.port, "/health", headers: [("Cookie", String(repeating: "c", count: 64 * 1024))])
+            #expect(huge.status == 431)
+        }
+    }
+}

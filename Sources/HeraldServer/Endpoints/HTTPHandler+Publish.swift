@@ -47,7 +47,7 @@ extension HTTPHandler {
         } catch {
             throw Problem.from(error)
         }
-        let outcome = server.hub.publish(drafts, client: token, retain: retain, idempotencyKey: idempotencyKey, on: context.eventLoop)
+        let outcome = server.hub.publish(drafts, client: token, retain: retain, idempotencyKey: idempotencyKey)
         server.metrics.publishRequests.increment()
         var json = "{\"ids\":["
         for (index, id) in outcome.ids.enumerated() {

@@ -77,6 +77,17 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// A request body must be complete within `requestBodyTimeout` of its head.
+    private func armBodyTimer(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestBodyTimeout) { [weak self] in
+            guard let self, self.state == .receiving || self.state == .discarding else { return }
+            self.sendRawProblemAndClose(
+                Problem(.requestTimeout, "the request body did not arrive within \(self.configuration.requestBodyTimeout.nanoseconds / 1_000_000_000) s"),
+                context: context)
+        }
+    }
+
     /// Answers outside the request/response cycle (a timeout, a request that could not be
     /// parsed) by writing the bytes below the HTTP codec, then closes. NIO's pipelining
     /// handler rightly refuses a response for a request it never saw.
@@ -153,12 +164,16 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             switch state {
             case .receiving:
                 state = .answering
+                headTimer?.cancel()
+                headTimer = nil
                 if let problem = earlyProblem {
                     sendProblem(problem, context: context, request: request)
                 } else {
                     dispatch(context: context)
                 }
             case .discarding:
+                headTimer?.cancel()
+                headTimer = nil
                 if let problem = earlyProblem {
                     state = .answering
                     sendProblem(problem, context: context, request: request)
@@ -196,6 +211,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context: context, request: head)
             return
         }
+        let hasBody = (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
+            || head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased().contains("chunked") }
+        if hasBody { armBodyTimer(context: context) }
         if earlyProblem == nil, head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
         }

@@ -71,12 +71,6 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// Delivers what is pending right now; the caller is on this shard's loop.
-    func deliverNow() {
-        eventLoop.assertInEventLoop()
-        apply(hub.events(after: deliveredThrough))
-    }
-
     private func deliverPending() {
         deliveryScheduled.store(false, ordering: .sequentiallyConsistent)
         let pending = hub.events(after: deliveredThrough)
