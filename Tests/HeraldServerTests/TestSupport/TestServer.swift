@@ -18,6 +18,17 @@ struct TestServer: Sendable {
         return folder.path
     }
 
+    /// Removes a folder made by ``makePublicFolder()`` (and the file a static-file test puts
+    /// beside it); leaves any other folder alone.
+    static func removeTemporaryFolder(_ path: String) {
+        let url = URL(fileURLWithPath: path)
+        guard url.lastPathComponent.hasPrefix("herald-test-"),
+              url.deletingLastPathComponent().standardizedFileURL == FileManager.default.temporaryDirectory.standardizedFileURL
+        else { return }
+        try? FileManager.default.removeItem(at: url)
+        try? FileManager.default.removeItem(at: url.deletingLastPathComponent().appendingPathComponent("outside-\(url.lastPathComponent).txt"))
+    }
+
     static func quietLogger() -> Logger {
         Logger(label: "herald-test", factory: { _ in SwiftLogNoOpLogHandler() })
     }
@@ -44,6 +55,7 @@ func withServer<T: Sendable>(
 }
 
 func withServer<T: Sendable>(configuration: HeraldConfiguration, _ body: (TestServer) async throws -> T) async throws -> T {
+    defer { TestServer.removeTemporaryFolder(configuration.publicDirectory) }
     let server = HeraldServer(configuration: configuration)
     let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: TestServer.quietLogger()))
     return try await withThrowingTaskGroup(of: Void.self) { tasks in
