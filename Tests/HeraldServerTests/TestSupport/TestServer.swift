@@ -23,7 +23,7 @@ struct TestServer: Sendable {
     static func removeTemporaryFolder(_ path: String) {
         let url = URL(fileURLWithPath: path)
         guard url.lastPathComponent.hasPrefix("herald-test-"),
-              url.deletingLastPathComponent().standardizedFileURL == FileManager.default.temporaryDirectory.standardizedFileURL
+              url.deletingLastPathComponent().standardizedFileURL.path == FileManager.default.temporaryDirectory.standardizedFileURL.path
         else { return }
         try? FileManager.default.removeItem(at: url)
         try? FileManager.default.removeItem(at: url.deletingLastPathComponent().appendingPathComponent("outside-\(url.lastPathComponent).txt"))
@@ -39,9 +39,11 @@ struct TestServer: Sendable {
         configuration.port = 0
         configuration.eventLoopThreads = 2
         configuration.shutdownGrace = .milliseconds(100)
-        configuration.publicDirectory = makePublicFolder()
+        let folder = makePublicFolder()
+        configuration.publicDirectory = folder
         configuration.logger = quietLogger()
         configure(&configuration)
+        if configuration.publicDirectory != folder { removeTemporaryFolder(folder) }
         return configuration
     }
 }
