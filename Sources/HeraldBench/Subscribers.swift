@@ -11,19 +11,6 @@ final class LoopStats: @unchecked Sendable {
     var established = 0
     var failed = 0
     var lastDeliveryNanos: UInt64 = 0
-
-    struct Snapshot: Sendable {
-        var latencyMicros: Histogram<UInt64>
-        var deliveries: Int
-        var established: Int
-        var failed: Int
-        var lastDeliveryNanos: UInt64
-    }
-
-    var snapshot: Snapshot {
-        Snapshot(latencyMicros: latencyMicros, deliveries: deliveries, established: established, failed: failed,
-                 lastDeliveryNanos: lastDeliveryNanos)
-    }
 }
 
 /// What one stream received: a bitmap over the publisher's sequence numbers, so missing and

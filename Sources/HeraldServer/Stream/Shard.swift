@@ -57,11 +57,6 @@ final class Shard: @unchecked Sendable {
         )
     }
 
-    var streamCount: Int {
-        eventLoop.assertInEventLoop()
-        return streams.count
-    }
-
     // MARK: Live delivery
 
     /// Called by publishers on any thread: makes sure one delivery run is queued.
@@ -235,7 +230,7 @@ final class Shard: @unchecked Sendable {
         let now = NIODeadline.now()
         let stream = StreamConnection(
             shard: self, token: request.token, topics: request.topics, filter: request.filter,
-            chunked: request.chunked, connectedAt: Self.millisecondsSince1970(), cursor: deliveredThrough, now: now)
+            chunked: request.chunked, connectedAt: WallClock.millisecondsSince1970(), cursor: deliveredThrough, now: now)
 
         var preamble: [UInt8] = []
         SSEEncoder.appendRetry(milliseconds: request.retryMilliseconds, to: &preamble)
@@ -363,8 +358,6 @@ final class Shard: @unchecked Sendable {
         json += "}"
         SSEEncoder.appendEvent(id: newest, type: "herald.reset", data: json, to: &bytes)
     }
-
-    static func millisecondsSince1970() -> Int64 { WallClock.millisecondsSince1970() }
 
     // MARK: Closing
 
