@@ -4,9 +4,12 @@ import NIOCore
 /// Everything a Herald server is configured with. The CLI maps flags and `HERALD_*`
 /// environment variables onto it; tests build it directly with `port: 0`.
 public struct HeraldConfiguration: Sendable {
-    /// Where events are kept (SPEC §9). Only the in-memory ring is built so far.
+    /// Where events are kept (SPEC §9).
     public enum Store: Sendable, Equatable {
+        /// The ring only: fast, gone on restart.
         case memory
+        /// A SQLite file: every acknowledged event is durable; survives restart and crash.
+        case sqlite(path: String)
     }
 
     public var host = "127.0.0.1"
@@ -14,8 +17,13 @@ public struct HeraldConfiguration: Sendable {
     public var port = 8080
     /// Folder of static files (`--public`).
     public var publicDirectory = "./public"
-    /// History ring capacity in events.
+    /// History capacity in events (the ring with the memory store, the file with sqlite).
     public var historyCapacity = 10_000
+    /// Events older than this leave the history (nil: kept until the count limit).
+    public var historyMaxAge: TimeAmount?
+    /// With a durable store: how many of the newest events are also kept in memory, where
+    /// live delivery and most replays read them.
+    public var cacheCapacity = 100_000
     /// Seconds of silence after which a stream gets a `:` keep-alive comment.
     public var keepAlive: TimeAmount.Seconds = 15
     /// The `retry:` hint sent at stream start, in milliseconds.

@@ -27,6 +27,8 @@ public final class HeraldServer: Service, Sendable {
     private let hub: Hub
     private let metrics: HeraldMetrics
     private let started = ManagedAtomic<Bool>(false)
+    /// Where a new id sequence starts after (a memory store, or a new store file).
+    private let freshStart: Int64
 
     public init(configuration: HeraldConfiguration) {
         self.configuration = configuration
@@ -35,6 +37,7 @@ public final class HeraldServer: Service, Sendable {
         self.metrics = HeraldMetrics()
         let start = Hub.memoryStoreStart(nowMicroseconds: WallClock.microsecondsSince1970())
         self.hub = Hub(capacity: max(1, configuration.historyCapacity), startingAfter: start, metrics: metrics)
+        self.freshStart = start
         var shards: [Shard] = []
         for loop in group.makeIterator() {
             shards.append(Shard(
@@ -53,6 +56,15 @@ public final class HeraldServer: Service, Sendable {
     public func run() async throws {
         precondition(!started.exchange(true, ordering: .relaxed), "a HeraldServer runs once")
         let logger = configuration.logger
+        let store: SQLiteStore?
+        do {
+            store = try await openStore()
+        } catch {
+            listening.fail(error)
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        let retention = startRetention(store: store)
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
         let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
@@ -88,6 +100,8 @@ public final class HeraldServer: Service, Sendable {
                 .get()
         } catch {
             listening.fail(error)
+            retention?.cancel()
+            await store?.close()
             try? await fileThreadPool.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
@@ -114,9 +128,54 @@ public final class HeraldServer: Service, Sendable {
         try? await channel.close()
         demo?.stop()
         await closeStreams(logger: logger)
+        retention?.cancel()
+        // Publishes still being written are committed (and answered) before the file closes.
+        await store?.close()
         try? await fileThreadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
         logger.info("stopped")
+    }
+
+    /// Opens the durable store, if one is configured, and continues its history.
+    private func openStore() async throws -> SQLiteStore? {
+        guard case .sqlite(let path) = configuration.store else { return nil }
+        let store = SQLiteStore(
+            path: path, historyLimit: max(1, configuration.historyCapacity), maxAge: configuration.historyMaxAge,
+            loop: group.next(), logger: configuration.logger)
+        let hub = self.hub
+        store.onCommitted = { hub.committed($0) }
+        store.onFloorAdvanced = { hub.storeFloorAdvanced(to: $0) }
+        let cache = max(1, min(configuration.historyCapacity, configuration.cacheCapacity))
+        let snapshot: SQLiteStore.Snapshot
+        do {
+            snapshot = try await store.open(cacheCapacity: cache, freshStart: freshStart)
+        } catch {
+            await store.close()
+            throw StoreError("cannot open the store \(path): \(error)")
+        }
+        let newest = hub.attach(store: store, snapshot: snapshot, cacheCapacity: cache)
+        for shard in hub.shards {
+            try await shard.eventLoop.submit { shard.reposition(to: newest) }.get()
+        }
+        configuration.logger.info("store opened", metadata: [
+            "herald.store": "\(path)", "herald.events": "\(snapshot.eventCount)", "herald.newest": "\(newest)",
+        ])
+        return store
+    }
+
+    /// Once a second: the durable store prunes by count and age; the memory store's ring by
+    /// age (it is bounded by count already).
+    private func startRetention(store: SQLiteStore?) -> RepeatedTask? {
+        let maxAge = configuration.historyMaxAge
+        if store == nil && maxAge == nil { return nil }
+        let hub = self.hub
+        return group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            if let store {
+                store.schedulePrune()
+            } else if let maxAge {
+                hub.pruneRing(olderThan: WallClock.millisecondsSince1970() - maxAge.nanoseconds / 1_000_000)
+            }
+        }
     }
 
     /// Closes every stream at a random moment within the grace period, then waits for them

@@ -14,7 +14,7 @@ enum EnvironmentDefaults {
 
     /// Every option, by its long name.
     static let options: [(name: String, kind: Kind)] = [
-        ("host", .value), ("port", .value), ("public", .value), ("history", .value), ("keepalive", .value),
+        ("host", .value), ("port", .value), ("public", .value), ("history", .value), ("history-max-age", .value), ("cache", .value), ("keepalive", .value),
         ("retry-ms", .value), ("publish-key", .repeatable), ("cors-origin", .repeatable),
         ("max-connections", .value), ("max-event-bytes", .value), ("max-body-bytes", .value),
         ("max-queued-bytes", .value), ("no-chunked", .flag), ("demo", .flag), ("store", .value),

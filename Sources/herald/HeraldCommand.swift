@@ -33,8 +33,14 @@ struct HeraldCommand: AsyncParsableCommand {
     @Option(name: .customLong("public"), help: "Folder of static files served under /.")
     var publicDirectory = "./public"
 
-    @Option(help: "History ring capacity in events.")
+    @Option(help: "Events kept in the history for replay (the ring with the memory store, the file with sqlite).")
     var history = 10_000
+
+    @Option(name: .customLong("history-max-age"), help: "Seconds after which an event leaves the history (default: kept until --history pushes it out).")
+    var historyMaxAge: Double?
+
+    @Option(help: "With --store sqlite: how many of the newest events are also kept in memory (default 100000, at most --history).")
+    var cache = 100_000
 
     @Option(help: "Seconds of silence before a stream gets a ':' keep-alive comment.")
     var keepalive: Double = 15
@@ -66,7 +72,7 @@ struct HeraldCommand: AsyncParsableCommand {
     @Flag(help: "Start the built-in stock-quote feed.")
     var demo = false
 
-    @Option(help: "Event store: 'memory' (the default).")
+    @Option(help: "Event store: 'memory' (the default) or 'sqlite:PATH' (durable: survives restart and kill -9).")
     var store = "memory"
 
     @Option(help: "Event-loop threads (one fan-out shard each); default: one per core.")
@@ -90,12 +96,26 @@ struct HeraldCommand: AsyncParsableCommand {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard shutdownGrace >= 0, shutdownGrace <= 60 else { throw ValidationError("--shutdown-grace must be 0...60 seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a level") }
-        guard store == "memory" else {
-            throw ValidationError("--store '\(store)' is not available in this version; use 'memory'")
-        }
+        _ = try parsedStore()
+        if let historyMaxAge, !(historyMaxAge > 0) { throw ValidationError("--history-max-age must be more than 0 seconds") }
+        guard cache >= 1 else { throw ValidationError("--cache must be at least 1") }
         for key in publishKeys where key.isEmpty || key.contains(" ") {
             throw ValidationError("--publish-key must be non-empty and contain no spaces")
         }
+    }
+
+    /// `memory` or `sqlite:PATH`; `postgres://` (cluster mode) is not built yet.
+    func parsedStore() throws -> HeraldConfiguration.Store {
+        if store == "memory" { return .memory }
+        if store.hasPrefix("sqlite:") {
+            let path = String(store.dropFirst("sqlite:".count))
+            guard !path.isEmpty else { throw ValidationError("--store sqlite:PATH needs a file path, e.g. sqlite:/var/lib/herald/events.db") }
+            return .sqlite(path: path)
+        }
+        if store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") {
+            throw ValidationError("--store postgres:// (cluster mode) is not available in this version; use 'memory' or 'sqlite:PATH'")
+        }
+        throw ValidationError("--store '\(store)' is not a store; use 'memory' or 'sqlite:PATH'")
     }
 
     func run() async throws {
@@ -119,6 +139,9 @@ struct HeraldCommand: AsyncParsableCommand {
         configuration.port = port
         configuration.publicDirectory = publicDirectory
         configuration.historyCapacity = history
+        configuration.historyMaxAge = historyMaxAge.map { .nanoseconds(Int64($0 * 1_000_000_000)) }
+        configuration.cacheCapacity = cache
+        configuration.store = try parsedStore()
         configuration.keepAlive = keepalive
         configuration.retryMilliseconds = retryMilliseconds
         configuration.publishKeys = publishKeys

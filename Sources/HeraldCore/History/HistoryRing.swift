@@ -60,6 +60,20 @@ public struct HistoryRing<Entry: HistoryEntry> {
         return evicted
     }
 
+    /// Removes the oldest entry (retention by age) and returns it.
+    @discardableResult
+    public mutating func removeOldest() -> Entry? {
+        guard count > 0, let oldest = storage[head] else { return nil }
+        storage[head] = nil
+        head = (head + 1) % capacity
+        count -= 1
+        evictedThrough = oldest.id
+        return oldest
+    }
+
+    /// The oldest entry, if any.
+    public var oldest: Entry? { count == 0 ? nil : storage[head] }
+
     /// The entry at logical position `index` (0 = oldest).
     @inlinable
     public subscript(index: Int) -> Entry {
@@ -80,10 +94,12 @@ public struct HistoryRing<Entry: HistoryEntry> {
     }
 
     /// How a `Last-Event-ID` is treated: resumed from, or answered with a reset.
-    public func resumeDecision(for lastEventID: String) -> ResumeDecision {
+    /// - Parameter floor: where the history starts when it reaches further back than the
+    ///   ring (a durable store); by default the ring's own start.
+    public func resumeDecision(for lastEventID: String, floor: Int64? = nil) -> ResumeDecision {
         guard let id = EventIDParser.parse(lastEventID) else { return .reset(.unknownID) }
         if id > newestID { return .reset(.unknownID) }
-        if id < evictedThrough { return .reset(.historyTruncated) }
+        if id < (floor ?? evictedThrough) { return .reset(.historyTruncated) }
         return .resume(after: id)
     }
 

@@ -129,7 +129,7 @@ final class DemoFeed: @unchecked Sendable {
         let parser = PublishParser(queryTopics: [], queryType: nil, isDirect: false, maxEventBytes: 65_536)
         do {
             let drafts = try parser.parse(body: Array(lines.joined(separator: "\n").utf8), contentType: "application/x-ndjson")
-            _ = hub.publish(drafts, client: nil, retain: true, idempotencyKey: nil)
+            _ = hub.publish(drafts, client: nil, retain: true, idempotencyKey: nil, on: loop)
         } catch {
             logger.error("demo feed produced an invalid batch", metadata: ["error": "\(error)"])
         }

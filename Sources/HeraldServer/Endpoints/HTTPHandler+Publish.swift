@@ -47,15 +47,26 @@ extension HTTPHandler {
         } catch {
             throw Problem.from(error)
         }
-        let outcome = server.hub.publish(drafts, client: token, retain: retain, idempotencyKey: idempotencyKey)
         server.metrics.publishRequests.increment()
-        var json = "{\"ids\":["
-        for (index, id) in outcome.ids.enumerated() {
-            json += index == 0 ? "\"\(id)\"" : ",\"\(id)\""
-        }
-        json += "]}"
-        var headers = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .restricted)
-        if outcome.repeated { headers.append(("Idempotent-Replayed", "true")) }
-        respondJSON(context: context, request: request, status: .ok, json: json, headers: headers)
+        let origin = request.headers.first(name: "origin")
+        server.hub.publish(drafts, client: token, retain: retain, idempotencyKey: idempotencyKey, on: context.eventLoop)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let outcome):
+                    var json = "{\"ids\":["
+                    for (index, id) in outcome.ids.enumerated() {
+                        json += index == 0 ? "\"\(id)\"" : ",\"\(id)\""
+                    }
+                    json += "]}"
+                    var headers = self.server.corsHeaders(origin: origin, scope: .restricted)
+                    if outcome.repeated { headers.append(("Idempotent-Replayed", "true")) }
+                    self.respondJSON(context: context, request: request, status: .ok, json: json, headers: headers)
+                case .failure(let error):
+                    // Not durable, so not published: nobody saw it, and the publisher may retry.
+                    self.sendProblem(
+                        Problem(.serviceUnavailable, "the event was not stored, so not published: \(error)", headers: [("Retry-After", "1")]),
+                        context: context, request: request)
+                }
+            }
     }
 }

@@ -23,6 +23,16 @@ final class Hub: @unchecked Sendable {
     private var idempotencyOrder: [(key: String, newestID: Int64)] = []
     private var idempotencyOrderStart = 0
 
+    /// The newest id handed out. Equal to `ring.newestID` with the memory store; with a
+    /// durable store it runs ahead while batches wait for their commit.
+    private var assignedThrough: Int64
+    /// The durable store, if any, and where its history starts (ids up to `storeFloor` are
+    /// gone); with the memory store the history is the ring and starts at its eviction point.
+    private(set) var store: SQLiteStore?
+    private var storeFloor: Int64 = 0
+    /// Idempotency keys whose batch is waiting for its commit: a retry waits for the same one.
+    private var pendingKeys: [String: EventLoopFuture<[Int64]>] = [:]
+
     private(set) var shards: [Shard] = []
     let allocator = ByteBufferAllocator()
     let metrics: HeraldMetrics
@@ -34,8 +44,47 @@ final class Hub: @unchecked Sendable {
     ///   - startingAfter: the position the id sequence starts after.
     init(capacity: Int, startingAfter: Int64, metrics: HeraldMetrics) {
         self.ring = HistoryRing(capacity: capacity, startingAfter: startingAfter)
+        self.assignedThrough = startingAfter
         self.metrics = metrics
     }
+
+    /// Continues from what a durable store held at startup: its id sequence, the newest part
+    /// of its history (as the ring, capacity `cacheCapacity`), retained events and
+    /// idempotency keys. Called before the server accepts connections.
+    /// - Returns: the newest visible id, where the shards start.
+    func attach(store: SQLiteStore, snapshot: SQLiteStore.Snapshot, cacheCapacity: Int) -> Int64 {
+        lock.withLock {
+            let ringStart = snapshot.recent.first.map { max(snapshot.floor, $0.id - 1) } ?? snapshot.lastID
+            ring = HistoryRing(capacity: max(1, cacheCapacity), startingAfter: ringStart)
+            logs = KeyedLog()
+            for event in snapshot.recent {
+                if let evicted = ring.append(event) { logs.evict(evicted, keys: evicted.logKeys) }
+                logs.append(event, keys: event.logKeys)
+            }
+            // Ids the store committed but that are no longer in it (pruned by age) still
+            // count: the sequence continues after the newest id ever committed.
+            if ring.newestID < snapshot.lastID {
+                ring = HistoryRing(capacity: max(1, cacheCapacity), startingAfter: snapshot.lastID)
+                logs = KeyedLog()
+            }
+            assignedThrough = snapshot.lastID
+            self.store = store
+            storeFloor = snapshot.floor
+            retained = snapshot.retained
+            idempotency = [:]
+            idempotencyOrder = []
+            idempotencyOrderStart = 0
+            for (key, ids) in snapshot.idempotency where !ids.isEmpty {
+                idempotency[key] = ids
+                idempotencyOrder.append((key, ids.last!))
+            }
+            return ring.newestID
+        }
+    }
+
+    /// Where the history starts: ids up to this one can no longer be replayed.
+    private var floorLocked: Int64 { store == nil ? ring.evictedThrough : storeFloor }
+    var historyFloor: Int64 { lock.withLock { floorLocked } }
 
     /// A start position for the in-memory store that is above every id an earlier run can
     /// have assigned (microseconds since 1970, far below 2^53 for two centuries), so that a
@@ -64,46 +113,139 @@ final class Hub: @unchecked Sendable {
 
     /// Publishes a batch atomically: all events get consecutive ids and enter the history
     /// together, or (for a repeated idempotency key) nothing happens and the first ids return.
+    /// With a durable store the future completes once the batch is committed; until then no
+    /// subscriber sees it.
     ///
     /// Every shard, the publisher's own loop included, is nudged with an `execute` rather
     /// than delivering inline: under load the nudges coalesce, so a shard writes a burst of
     /// events to each stream with one flush (measured: inline delivery on the publishing
     /// loop cut fan-out throughput to a quarter, one flush per stream per event).
-    func publish(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?) -> PublishOutcome {
+    func publish(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?, on loop: any EventLoop) -> EventLoopFuture<PublishOutcome> {
+        if store != nil {
+            return publishDurably(drafts, client: client, retain: retain, idempotencyKey: idempotencyKey, on: loop)
+        }
+        let created = WallClock.millisecondsSince1970()
         let outcome: PublishOutcome = lock.withLock {
             if let idempotencyKey, let ids = idempotency[idempotencyKey] {
                 return PublishOutcome(ids: ids, repeated: true)
             }
-            var ids: [Int64] = []
-            ids.reserveCapacity(drafts.count)
-            for draft in drafts {
-                let id = ring.newestID + 1
-                let event = StoredEvent(
-                    id: id, topics: draft.topics, client: client, type: draft.type, data: draft.data, allocator: allocator)
-                if let evicted = ring.append(event) { logs.evict(evicted, keys: evicted.logKeys) }
-                logs.append(event, keys: event.logKeys)
-                ids.append(id)
-                if retain && client == nil {
-                    for topic in draft.topics { retained[topic] = event }
-                }
-            }
+            let events = makeEvents(drafts, client: client, created: created)
+            makeVisibleLocked(events, retain: retain, idempotencyKey: idempotencyKey)
+            return PublishOutcome(ids: events.map(\.id), repeated: false)
+        }
+        if !outcome.repeated { announce(count: outcome.ids.count) }
+        return loop.makeSucceededFuture(outcome)
+    }
+
+    private enum DurableStep {
+        case answered(PublishOutcome)
+        case waitForEarlier(EventLoopFuture<[Int64]>)
+        case queued(SQLiteStore.PendingBatch, EventLoopFuture<[Int64]>)
+    }
+
+    private func publishDurably(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?, on loop: any EventLoop) -> EventLoopFuture<PublishOutcome> {
+        let created = WallClock.millisecondsSince1970()
+        let step: DurableStep = lock.withLock {
             if let idempotencyKey {
-                idempotency[idempotencyKey] = ids
-                idempotencyOrder.append((idempotencyKey, ids.last!))
+                if let ids = idempotency[idempotencyKey] { return .answered(PublishOutcome(ids: ids, repeated: true)) }
+                if let earlier = pendingKeys[idempotencyKey] { return .waitForEarlier(earlier) }
             }
+            let events = makeEvents(drafts, client: client, created: created)
+            let ids = events.map(\.id)
+            let promise = loop.makePromise(of: Void.self)
+            let batch = SQLiteStore.PendingBatch(events: events, retain: retain, idempotencyKey: idempotencyKey, promise: promise)
+            let future = promise.futureResult.map { ids }
+            if let idempotencyKey { pendingKeys[idempotencyKey] = future }
+            // Queued under the lock, so the store commits batches in id order.
+            store!.enqueue(batch)
+            return .queued(batch, future)
+        }
+        switch step {
+        case .answered(let outcome):
+            return loop.makeSucceededFuture(outcome)
+        case .waitForEarlier(let earlier):
+            return earlier.hop(to: loop).map { PublishOutcome(ids: $0, repeated: true) }
+        case .queued(let batch, let future):
+            if let key = batch.idempotencyKey {
+                future.whenFailure { _ in self.lock.withLock { self.pendingKeys[key] = nil } }
+            }
+            return future.map { PublishOutcome(ids: $0, repeated: false) }
+        }
+    }
+
+    /// Gives the drafts their ids. Lock held.
+    private func makeEvents(_ drafts: [EventDraft], client: String?, created: Int64) -> [StoredEvent] {
+        var events: [StoredEvent] = []
+        events.reserveCapacity(drafts.count)
+        for draft in drafts {
+            assignedThrough += 1
+            events.append(StoredEvent(
+                id: assignedThrough, topics: draft.topics, client: client, type: draft.type, data: draft.data,
+                created: created, allocator: allocator))
+        }
+        return events
+    }
+
+    /// Puts a batch into the ring (and per-topic logs), the retained set and the idempotency
+    /// keys, where shards and new subscribers find it. Lock held.
+    private func makeVisibleLocked(_ events: [StoredEvent], retain: Bool, idempotencyKey: String?) {
+        for event in events {
+            if let evicted = ring.append(event) { logs.evict(evicted, keys: evicted.logKeys) }
+            logs.append(event, keys: event.logKeys)
+            if retain && event.client == nil {
+                for topic in event.topics { retained[topic] = event }
+            }
+        }
+        if let idempotencyKey {
+            idempotency[idempotencyKey] = events.map(\.id)
+            idempotencyOrder.append((idempotencyKey, events.last!.id))
+            pendingKeys[idempotencyKey] = nil
+        }
+        forgetEvictedKeys()
+    }
+
+    private func announce(count: Int) {
+        metrics.eventsPublished.increment(by: Int64(count))
+        for shard in shards { shard.scheduleDelivery() }
+    }
+
+    /// The store committed these batches (in id order): subscribers may see them now.
+    func committed(_ batches: [SQLiteStore.PendingBatch]) {
+        var count = 0
+        lock.withLock {
+            for batch in batches {
+                makeVisibleLocked(batch.events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)
+                count += batch.events.count
+            }
+        }
+        announce(count: count)
+    }
+
+    /// The store is about to delete ids up to `floor`: streams stop resuming into them.
+    func storeFloorAdvanced(to floor: Int64) {
+        lock.withLock {
+            storeFloor = max(storeFloor, floor)
             forgetEvictedKeys()
-            return PublishOutcome(ids: ids, repeated: false)
         }
-        if !outcome.repeated {
-            metrics.eventsPublished.increment(by: Int64(outcome.ids.count))
-            for shard in shards { shard.scheduleDelivery() }
+    }
+
+    /// Retention by age for the memory store: drops events published before `cutoff`
+    /// (milliseconds since 1970) from the ring.
+    func pruneRing(olderThan cutoff: Int64) {
+        lock.withLock {
+            var dropped = false
+            while let oldest = ring.oldest, oldest.created < cutoff {
+                ring.removeOldest()
+                logs.evict(oldest, keys: oldest.logKeys)
+                dropped = true
+            }
+            if dropped { forgetEvictedKeys() }
         }
-        return outcome
     }
 
     /// Drops idempotency keys whose events have all left the history. Lock held.
     private func forgetEvictedKeys() {
-        let evicted = ring.evictedThrough
+        let evicted = floorLocked
         while idempotencyOrderStart < idempotencyOrder.count, idempotencyOrder[idempotencyOrderStart].newestID <= evicted {
             idempotency[idempotencyOrder[idempotencyOrderStart].key] = nil
             idempotencyOrderStart += 1
@@ -156,7 +298,7 @@ final class Hub: @unchecked Sendable {
             guard let lastEventID else {
                 return (pending, .fresh(retained: retainedLocked(for: filter, through: pending.newest)))
             }
-            switch ring.resumeDecision(for: lastEventID) {
+            switch ring.resumeDecision(for: lastEventID, floor: store == nil ? nil : storeFloor) {
             case .resume(let after):
                 return (pending, .resume(after: after))
             case .reset(let reason):
@@ -171,6 +313,9 @@ final class Hub: @unchecked Sendable {
         var position: Int64
         /// Ids after the starting position were evicted while the stream was replaying.
         var truncated: Bool
+        /// With a durable store: the ring no longer holds what comes next; read the events
+        /// after the position up to this id from the store, then ask again.
+        var fromStoreThrough: Int64? = nil
     }
 
     /// The next slice of a replay: matching events after `position` up to `through`,
@@ -180,8 +325,12 @@ final class Hub: @unchecked Sendable {
     /// get); prefix and `*` subscriptions scan the ring.
     func replayBatch(after position: Int64, through: Int64, filter: TopicFilter, maxBytes: Int, maxEvents: Int, maxScan: Int) -> ReplayBatch {
         lock.withLock {
-            if ring.evictedThrough > position {
+            if floorLocked > position {
                 return ReplayBatch(events: [], position: position, truncated: true)
+            }
+            if ring.evictedThrough > position {
+                // Only a durable store gets here: its floor is below the ring's start.
+                return ReplayBatch(events: [], position: position, truncated: false, fromStoreThrough: min(ring.evictedThrough, through))
             }
             if filter.isExactOnly {
                 var (events, reached) = logs.entries(forKeys: filter.logKeys, after: position, through: through, limit: maxEvents)
@@ -236,6 +385,6 @@ final class Hub: @unchecked Sendable {
     }
 
     /// Counts for `/metrics` and `/health`.
-    var historySize: Int { lock.withLock { ring.count } }
+    var historySize: Int { store?.storedEventCount ?? lock.withLock { ring.count } }
     var newestID: Int64 { lock.withLock { ring.newestID } }
 }

@@ -22,6 +22,14 @@ final class PollWaiter {
 
     var isDone: Bool { completion == nil }
 
+    /// The connection went away: nothing will be answered (a store read still in flight
+    /// finds the waiter done).
+    func abandon() {
+        timer?.cancel()
+        timer = nil
+        completion = nil
+    }
+
     /// Answers once; later calls do nothing.
     func finish(_ events: [StoredEvent], lastEventID: Int64, reset: Bool) {
         timer?.cancel()

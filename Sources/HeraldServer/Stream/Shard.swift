@@ -57,6 +57,13 @@ final class Shard: @unchecked Sendable {
         )
     }
 
+    /// Moves the shard's position before any stream opens (a durable store continues its
+    /// sequence where the last run stopped).
+    func reposition(to position: Int64) {
+        eventLoop.assertInEventLoop()
+        deliveredThrough = position
+    }
+
     // MARK: Live delivery
 
     /// Called by publishers on any thread: makes sure one delivery run is queued.
@@ -161,6 +168,26 @@ final class Shard: @unchecked Sendable {
             let batch = hub.replayBatch(
                 after: after, through: deliveredThrough, filter: request.filter,
                 maxBytes: Int.max, maxEvents: PollWaiter.maxEvents, maxScan: Int.max)
+            if let storeThrough = batch.fromStoreThrough, let store = hub.store {
+                // Older than the ring: answer from the store with what matches in the next
+                // slice (possibly nothing, with the position reached, so the client goes on).
+                store.events(after: after, through: storeThrough, limit: PollWaiter.maxEvents)
+                    .hop(to: eventLoop).assumeIsolated().whenComplete { result in
+                        switch result {
+                        case .failure:
+                            waiter.finish([], lastEventID: after, reset: false)
+                        case .success(let events):
+                            if self.hub.historyFloor > after {
+                                waiter.finish(self.hub.retainedEvents(for: request.filter, through: self.deliveredThrough), lastEventID: self.deliveredThrough, reset: true)
+                                return
+                            }
+                            let reached = events.count < PollWaiter.maxEvents ? storeThrough : events.last!.id
+                            let matching = events.filter { request.filter.matches(topics: $0.topics, client: $0.client) }
+                            waiter.finish(matching, lastEventID: reached, reset: false)
+                        }
+                    }
+                return waiter
+            }
             if !batch.events.isEmpty {
                 waiter.finish(batch.events, lastEventID: batch.position, reset: false)
                 return waiter
@@ -187,7 +214,7 @@ final class Shard: @unchecked Sendable {
     func cancel(_ waiter: PollWaiter) {
         eventLoop.assertInEventLoop()
         waiters[ObjectIdentifier(waiter)] = nil
-        waiter.timer?.cancel()
+        waiter.abandon()
     }
 
     private func answerWaiters(_ events: [StoredEvent]) {
@@ -287,7 +314,8 @@ final class Shard: @unchecked Sendable {
     }
 
     /// Sends the next slice of a replay and, once the socket has taken it, the one after;
-    /// when the replay reaches the shard's live position the stream goes live.
+    /// when the replay reaches the shard's live position the stream goes live. Slices older
+    /// than the ring come from the durable store, read off the event loop.
     private func continueReplay(_ stream: StreamConnection) {
         eventLoop.assertInEventLoop()
         guard stream.replaying, !stream.closed else { return }
@@ -295,39 +323,69 @@ final class Shard: @unchecked Sendable {
             after: stream.cursor, through: deliveredThrough, filter: stream.filter,
             maxBytes: Self.replayBatchBytes, maxEvents: Self.replayBatchEvents, maxScan: Self.replayBatchScan)
         if batch.truncated {
-            // The history moved past this stream while it was replaying: it missed events
-            // it can no longer get, so it is told to reload its state, as on connect.
-            var bytes: [UInt8] = []
-            Self.appendReset(reason: .historyTruncated, lastEventID: String(stream.cursor), newest: deliveredThrough, to: &bytes)
-            stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
-            for event in hub.retainedEvents(for: stream.filter, through: deliveredThrough) {
-                stream.write(event.wire(chunked: stream.chunked))
-                stream.lastSentID = event.id
-            }
-            hub.metrics.resets.increment()
-            stream.cursor = deliveredThrough
-            stream.replaying = false
-            stream.flush()
-            markWritten(stream, at: .now())
+            truncateReplay(stream)
             return
         }
+        if let storeThrough = batch.fromStoreThrough, let store = hub.store {
+            let after = stream.cursor
+            store.events(after: after, through: storeThrough, limit: Self.replayBatchEvents)
+                .hop(to: eventLoop).assumeIsolated().whenComplete { result in
+                    guard stream.replaying, !stream.closed, stream.cursor == after else { return }
+                    switch result {
+                    case .failure(let error):
+                        self.logger.error("replay from the store failed; closing the stream so it resumes", metadata: ["error": "\(error)"])
+                        stream.close(graceful: false)
+                    case .success(let events):
+                        // Rows deleted by pruning while they were read: a gap, so a reset.
+                        if self.hub.historyFloor > after {
+                            self.truncateReplay(stream)
+                            return
+                        }
+                        let reached = events.count < Self.replayBatchEvents ? storeThrough : events.last!.id
+                        let matching = events.filter { stream.filter.matches(topics: $0.topics, client: $0.client) }
+                        self.sendReplay(stream, events: matching, reachedPosition: reached)
+                    }
+                }
+            return
+        }
+        sendReplay(stream, events: batch.events, reachedPosition: batch.position)
+    }
+
+    /// The history moved past a replaying stream: it missed events it can no longer get,
+    /// so it is told to reload its state, as on connect.
+    private func truncateReplay(_ stream: StreamConnection) {
+        var bytes: [UInt8] = []
+        Self.appendReset(reason: .historyTruncated, lastEventID: String(stream.cursor), newest: deliveredThrough, to: &bytes)
+        stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
+        for event in hub.retainedEvents(for: stream.filter, through: deliveredThrough) {
+            stream.write(event.wire(chunked: stream.chunked))
+            stream.lastSentID = event.id
+        }
+        hub.metrics.resets.increment()
+        stream.cursor = deliveredThrough
+        stream.replaying = false
+        stream.flush()
+        markWritten(stream, at: .now())
+    }
+
+    private func sendReplay(_ stream: StreamConnection, events: [StoredEvent], reachedPosition: Int64) {
         var bytes: Int64 = 0
-        for event in batch.events {
+        for event in events {
             let wire = event.wire(chunked: stream.chunked)
             stream.write(wire)
             bytes += Int64(wire.readableBytes)
             stream.lastSentID = event.id
         }
-        stream.cursor = batch.position
-        hub.metrics.eventsDelivered.increment(by: Int64(batch.events.count))
+        stream.cursor = reachedPosition
+        hub.metrics.eventsDelivered.increment(by: Int64(events.count))
         hub.metrics.bytesSent.increment(by: bytes)
-        if batch.position >= deliveredThrough {
+        if reachedPosition >= deliveredThrough {
             stream.replaying = false
             stream.flush()
-            if !batch.events.isEmpty { markWritten(stream, at: .now()) }
+            if !events.isEmpty { markWritten(stream, at: .now()) }
             return
         }
-        if batch.events.isEmpty {
+        if events.isEmpty {
             // Nothing matched in this slice of the history: look at the next one after
             // other work on the loop has had its turn.
             eventLoop.assumeIsolated().execute { self.continueReplay(stream) }

@@ -16,11 +16,14 @@ public final class StoredEvent: HistoryEntry, Sendable {
     public let client: String?
     public let type: String?
     public let data: String
+    /// When it was published, in milliseconds since 1970 (for `--history-max-age`).
+    public let created: Int64
     let chunked: ByteBuffer
     let plain: ByteBuffer
 
-    init(id: Int64, topics: [String], client: String?, type: String?, data: String, allocator: ByteBufferAllocator) {
+    init(id: Int64, topics: [String], client: String?, type: String?, data: String, created: Int64, allocator: ByteBufferAllocator) {
         self.id = id
+        self.created = created
         self.topics = topics
         self.client = client
         self.type = type

@@ -1,0 +1,405 @@
+import Foundation
+import HeraldCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SQLiteNIO
+
+/// The durable history (`--store sqlite:PATH`): every event, the retained event of each
+/// topic, the idempotency keys and the id sequence, in one SQLite file in WAL mode.
+///
+/// Writes go through one queue. Publishes that arrive while a transaction is being written
+/// wait and are committed together in the next one (group commit): one fsync acknowledges a
+/// whole burst, so a publisher at full speed is not limited to one fsync per request. A batch
+/// is acknowledged (and becomes visible to subscribers) only after its transaction has
+/// committed with `synchronous=FULL`, so an acknowledged event survives `kill -9` and power
+/// loss, and an unacknowledged one is never seen by anyone.
+///
+/// Pruning (by count and by age) runs on the same queue in slices of at most
+/// ``pruneSlice`` rows between publish transactions, so that it never holds publishers for
+/// long.
+final class SQLiteStore: @unchecked Sendable {
+    /// A publish waiting to be written.
+    struct PendingBatch {
+        var events: [StoredEvent]
+        var retain: Bool
+        var idempotencyKey: String?
+        var promise: EventLoopPromise<Void>
+    }
+
+    /// What the file held when it was opened.
+    struct Snapshot {
+        /// The newest id ever committed (the sequence continues after it).
+        var lastID: Int64
+        /// Every id up to this one has left the history.
+        var floor: Int64
+        /// The newest events of the history, oldest first, at most the cache size.
+        var recent: [StoredEvent]
+        var eventCount: Int
+        var retained: [String: StoredEvent]
+        var idempotency: [(key: String, ids: [Int64])]
+    }
+
+    static let pruneSlice = 5000
+    /// Rows per INSERT statement (6 parameters each).
+    static let insertRows = 500
+
+    let path: String
+    private let writerPool: NIOThreadPool
+    private let readerPool: NIOThreadPool
+    private let loop: any EventLoop
+    private let logger: Logger
+    private let historyLimit: Int
+    private let maxAgeMilliseconds: Int64?
+    private let allocator = ByteBufferAllocator()
+    private var writer: SQLiteConnection!
+    private var reader: SQLiteConnection!
+
+    // Guarded by `lock`.
+    private let lock = NIOLock()
+    private var queue: [PendingBatch] = []
+    private var draining = false
+    private var closed = false
+    private var drained: [EventLoopPromise<Void>] = []
+    /// Events in the file, for retention by count.
+    private var eventCount = 0
+    private var floor: Int64 = 0
+    private var nextPrune = NIODeadline.now()
+
+    /// Called on the writer's task, in commit order, once a group of batches is durable and
+    /// before their publishers are answered: the hub makes them visible.
+    var onCommitted: (@Sendable ([PendingBatch]) -> Void)?
+    /// Called when pruning moves the start of the history, before the rows are deleted.
+    var onFloorAdvanced: (@Sendable (Int64) -> Void)?
+
+    init(path: String, historyLimit: Int, maxAge: TimeAmount?, loop: any EventLoop, logger: Logger) {
+        self.path = path
+        self.historyLimit = historyLimit
+        self.maxAgeMilliseconds = maxAge.map { $0.nanoseconds / 1_000_000 }
+        self.loop = loop
+        self.logger = logger
+        self.writerPool = NIOThreadPool(numberOfThreads: 1)
+        self.readerPool = NIOThreadPool(numberOfThreads: 1)
+    }
+
+    // MARK: Opening
+
+    /// Opens (or creates) the file and reads what a restarting server needs.
+    /// - Parameter freshStart: where a new file's id sequence starts after.
+    func open(cacheCapacity: Int, freshStart: Int64) async throws -> Snapshot {
+        writerPool.start()
+        readerPool.start()
+        writer = try await SQLiteConnection.open(storage: .file(path: path), threadPool: writerPool, logger: logger, on: loop)
+        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=OFF"] {
+            _ = try await writer.query(pragma)
+        }
+        let mode = try await writer.query("PRAGMA journal_mode").first?.column("journal_mode")?.string
+        guard mode?.lowercased() == "wal" else {
+            throw StoreError("\(path): could not switch to WAL mode (journal_mode is \(mode ?? "unknown"))")
+        }
+        _ = try await writer.query("BEGIN IMMEDIATE")
+        do {
+            for statement in Self.schema { _ = try await writer.query(statement) }
+            _ = try await writer.query(
+                "INSERT OR IGNORE INTO meta(name, value) VALUES ('last_id', ?1), ('floor', ?1), ('format', 1)",
+                [.integer(Int(freshStart))])
+            _ = try await writer.query("COMMIT")
+        } catch {
+            _ = try? await writer.query("ROLLBACK")
+            throw error
+        }
+        reader = try await SQLiteConnection.open(storage: .file(path: path), threadPool: readerPool, logger: logger, on: loop)
+        _ = try await reader.query("PRAGMA query_only=ON")
+
+        var meta: [String: Int64] = [:]
+        for row in try await writer.query("SELECT name, value FROM meta") {
+            if let name = row.column("name")?.string, let value = row.column("value")?.integer { meta[name] = Int64(value) }
+        }
+        guard meta["format"] == 1, let lastID = meta["last_id"], let floor = meta["floor"] else {
+            throw StoreError("\(path) is not a Herald store (or one of a newer format)")
+        }
+        let count = try await writer.query("SELECT count(*) AS n FROM events").first?.column("n")?.integer ?? 0
+        let recentRows = try await writer.query(
+            "SELECT id, topics, client, type, data, created FROM events WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
+            [.integer(Int(floor)), .integer(cacheCapacity)])
+        let recent = try recentRows.reversed().map(event(from:))
+        var retained: [String: StoredEvent] = [:]
+        for row in try await writer.query("SELECT topic, id, topics, client, type, data, created FROM retained") {
+            guard let topic = row.column("topic")?.string else { continue }
+            retained[topic] = try event(from: row)
+        }
+        var keys: [(key: String, ids: [Int64])] = []
+        for row in try await writer.query("SELECT key, ids FROM idempotency ORDER BY newest") {
+            guard let key = row.column("key")?.string, let ids = row.column("ids")?.string else { continue }
+            keys.append((key, ids.split(separator: ",").compactMap { Int64($0) }))
+        }
+        lock.withLock {
+            self.eventCount = count
+            self.floor = floor
+        }
+        return Snapshot(lastID: lastID, floor: floor, recent: recent, eventCount: count, retained: retained, idempotency: keys)
+    }
+
+    private static let schema = [
+        """
+        CREATE TABLE IF NOT EXISTS events(
+            id INTEGER PRIMARY KEY, topics TEXT NOT NULL, client TEXT, type TEXT,
+            data BLOB NOT NULL, created INTEGER NOT NULL)
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS retained(
+            topic TEXT PRIMARY KEY, id INTEGER NOT NULL, topics TEXT NOT NULL, client TEXT, type TEXT,
+            data BLOB NOT NULL, created INTEGER NOT NULL)
+        """,
+        "CREATE TABLE IF NOT EXISTS idempotency(key TEXT PRIMARY KEY, ids TEXT NOT NULL, newest INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS idempotency_newest ON idempotency(newest)",
+        "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ]
+
+    /// Topics are stored joined by a line feed, which a topic can never contain.
+    private static let topicSeparator: Character = "\n"
+
+    private func event(from row: SQLiteRow) throws -> StoredEvent {
+        guard let id = row.column("id")?.integer, let topics = row.column("topics")?.string,
+              case .blob(let data)? = row.column("data"), let created = row.column("created")?.integer
+        else { throw StoreError("\(path): a malformed event row") }
+        return StoredEvent(
+            id: Int64(id),
+            topics: topics.isEmpty ? [] : topics.split(separator: Self.topicSeparator, omittingEmptySubsequences: false).map(String.init),
+            client: row.column("client")?.string, type: row.column("type")?.string,
+            data: String(buffer: data), created: Int64(created), allocator: allocator)
+    }
+
+    // MARK: Writing
+
+    /// Queues a batch; its promise succeeds once it is committed (and visible), or fails.
+    /// Callers enqueue in id order (the hub does it under its lock).
+    func enqueue(_ batch: PendingBatch) {
+        let start: Bool = lock.withLock {
+            if closed {
+                batch.promise.fail(StoreError("the store is closing"))
+                return false
+            }
+            queue.append(batch)
+            if draining { return false }
+            draining = true
+            return true
+        }
+        if start { Task { await self.drain() } }
+    }
+
+    private func drain() async {
+        while true {
+            let group: [PendingBatch] = lock.withLock {
+                let taken = queue
+                queue.removeAll(keepingCapacity: true)
+                return taken
+            }
+            if !group.isEmpty {
+                await commit(group)
+                continue
+            }
+            if await pruneStep() { continue }
+            let finished: [EventLoopPromise<Void>]? = lock.withLock {
+                guard queue.isEmpty else { return nil }
+                draining = false
+                let waiting = drained
+                drained = []
+                return waiting
+            }
+            if let finished {
+                for promise in finished { promise.succeed() }
+                return
+            }
+        }
+    }
+
+    private func commit(_ group: [PendingBatch]) async {
+        do {
+            _ = try await writer.query("BEGIN IMMEDIATE")
+            var rows: [SQLiteData] = []
+            var rowCount = 0
+            var retained: [String: StoredEvent] = [:]
+            var keys: [SQLiteData] = []
+            var keyCount = 0
+            var lastID: Int64 = 0
+            for batch in group {
+                for event in batch.events {
+                    rows.append(contentsOf: row(for: event))
+                    rowCount += 1
+                    lastID = event.id
+                    if rowCount == Self.insertRows {
+                        try await insert("events(id, topics, client, type, data, created)", columns: 6, rows: rows)
+                        rows.removeAll(keepingCapacity: true)
+                        rowCount = 0
+                    }
+                    if batch.retain && event.client == nil {
+                        for topic in event.topics { retained[topic] = event }
+                    }
+                }
+                if let key = batch.idempotencyKey {
+                    keys.append(.text(key))
+                    keys.append(.text(batch.events.map { String($0.id) }.joined(separator: ",")))
+                    keys.append(.integer(Int(batch.events.last!.id)))
+                    keyCount += 1
+                }
+            }
+            if rowCount > 0 {
+                try await insert("events(id, topics, client, type, data, created)", columns: 6, rows: rows)
+            }
+            if !retained.isEmpty {
+                var values: [SQLiteData] = []
+                for (topic, event) in retained {
+                    values.append(.text(topic))
+                    values.append(contentsOf: row(for: event))
+                }
+                try await insert("retained(topic, id, topics, client, type, data, created)", columns: 7, rows: values, replace: true)
+            }
+            if keyCount > 0 {
+                try await insert("idempotency(key, ids, newest)", columns: 3, rows: keys, replace: true)
+            }
+            _ = try await writer.query("UPDATE meta SET value = ?1 WHERE name = 'last_id'", [.integer(Int(lastID))])
+            _ = try await writer.query("COMMIT")
+        } catch {
+            _ = try? await writer.query("ROLLBACK")
+            logger.error("store write failed; the publishes were not acknowledged", metadata: ["error": "\(error)"])
+            for batch in group { batch.promise.fail(StoreError("the event store could not write: \(error)")) }
+            return
+        }
+        let events = group.reduce(0) { $0 + $1.events.count }
+        lock.withLock { eventCount += events }
+        onCommitted?(group)
+        for batch in group { batch.promise.succeed() }
+    }
+
+    private func row(for event: StoredEvent) -> [SQLiteData] {
+        var data = allocator.buffer(capacity: event.data.utf8.count)
+        data.writeString(event.data)
+        return [
+            .integer(Int(event.id)),
+            .text(event.topics.joined(separator: String(Self.topicSeparator))),
+            event.client.map { .text($0) } ?? .null,
+            event.type.map { .text($0) } ?? .null,
+            .blob(data),
+            .integer(Int(event.created)),
+        ]
+    }
+
+    private func insert(_ table: String, columns: Int, rows: [SQLiteData], replace: Bool = false) async throws {
+        let count = rows.count / columns
+        var sql = replace ? "INSERT OR REPLACE INTO " : "INSERT INTO "
+        sql += table
+        sql += " VALUES "
+        var parameter = 1
+        for index in 0..<count {
+            sql += index == 0 ? "(" : ",("
+            for column in 0..<columns {
+                if column > 0 { sql += "," }
+                sql += "?\(parameter)"
+                parameter += 1
+            }
+            sql += ")"
+        }
+        _ = try await writer.query(sql, rows)
+    }
+
+    // MARK: Retention
+
+    /// Deletes one slice of events that are past the count or age limit. Returns true when
+    /// it deleted something (there may be more).
+    private func pruneStep() async -> Bool {
+        let (count, floor, due) = lock.withLock { (eventCount, self.floor, NIODeadline.now() >= nextPrune) }
+        guard due else { return false }
+        do {
+            var target = floor
+            let excess = count - historyLimit
+            if excess > 0 {
+                let offset = min(excess, Self.pruneSlice) - 1
+                if let id = try await writer.query(
+                    "SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?1", [.integer(offset)]).first?.column("id")?.integer {
+                    target = max(target, Int64(id))
+                }
+            }
+            if let maxAge = maxAgeMilliseconds {
+                let cutoff = WallClock.millisecondsSince1970() - maxAge
+                let sql = "SELECT max(id) AS id FROM (SELECT id, created FROM events ORDER BY id LIMIT ?1) WHERE created < ?2"
+                if let id = try await writer.query(sql, [.integer(Self.pruneSlice), .integer(Int(cutoff))]).first?.column("id")?.integer {
+                    target = max(target, Int64(id))
+                }
+            }
+            guard target > floor else {
+                lock.withLock { nextPrune = .now() + .seconds(1) }
+                return false
+            }
+            // Subscribers stop resuming into the range before its rows go.
+            onFloorAdvanced?(target)
+            _ = try await writer.query("BEGIN IMMEDIATE")
+            let deleted = try await writer.query(
+                "SELECT count(*) AS n FROM events WHERE id <= ?1", [.integer(Int(target))]).first?.column("n")?.integer ?? 0
+            _ = try await writer.query("DELETE FROM events WHERE id <= ?1", [.integer(Int(target))])
+            _ = try await writer.query("DELETE FROM idempotency WHERE newest <= ?1", [.integer(Int(target))])
+            _ = try await writer.query("UPDATE meta SET value = ?1 WHERE name = 'floor'", [.integer(Int(target))])
+            _ = try await writer.query("COMMIT")
+            lock.withLock {
+                eventCount -= deleted
+                self.floor = target
+            }
+            return true
+        } catch {
+            _ = try? await writer.query("ROLLBACK")
+            logger.error("store pruning failed; will retry", metadata: ["error": "\(error)"])
+            lock.withLock { nextPrune = .now() + .seconds(5) }
+            return false
+        }
+    }
+
+    /// Asks for a retention pass soon (the server calls this once a second).
+    func schedulePrune() {
+        let start: Bool = lock.withLock {
+            guard !closed, !draining else { return false }
+            draining = true
+            return true
+        }
+        if start { Task { await self.drain() } }
+    }
+
+    var storedEventCount: Int { lock.withLock { eventCount } }
+
+    // MARK: Reading
+
+    /// Events with `after < id <= through`, oldest first, at most `limit`, from the file.
+    func events(after: Int64, through: Int64, limit: Int) -> EventLoopFuture<[StoredEvent]> {
+        let promise = loop.makePromise(of: [StoredEvent].self)
+        promise.completeWithTask {
+            let rows = try await self.reader.query(
+                "SELECT id, topics, client, type, data, created FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+                [.integer(Int(after)), .integer(Int(through)), .integer(limit)])
+            return try rows.map(self.event(from:))
+        }
+        return promise.futureResult
+    }
+
+    // MARK: Closing
+
+    /// Waits for queued writes, then closes the file (checkpointing the WAL).
+    func close() async {
+        let wait: EventLoopFuture<Void>? = lock.withLock {
+            closed = true
+            guard draining else { return nil }
+            let promise = loop.makePromise(of: Void.self)
+            drained.append(promise)
+            return promise.futureResult
+        }
+        try? await wait?.get()
+        try? await reader?.close()
+        try? await writer?.close()
+        try? await writerPool.shutdownGracefully()
+        try? await readerPool.shutdownGracefully()
+    }
+}
+
+struct StoreError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
