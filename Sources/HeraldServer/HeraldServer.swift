@@ -68,9 +68,12 @@ public final class HeraldServer: Service, Sendable {
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
         let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = configuration.maxHeaderBytes
-        limits.maxHeaderFieldSize = configuration.maxHeaderBytes
+        let limits = {
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderListSize = configuration.maxHeaderBytes
+            limits.maxHeaderFieldSize = configuration.maxHeaderBytes
+            return limits
+        }()
 
         let channel: any Channel
         do {

@@ -213,6 +213,22 @@ struct HostileClientTests {
         }
     }
 
+    @Test("Garbage after a request does not cost that request its answer (found by the fuzz test)")
+    func garbageAfterRequest() async throws {
+        try await withServer { server in
+            for (request, first) in [
+                ("HEAD / HTTP/1.0\r\n\r\n1\r\nHost: x\r\n\r\n", "HTTP/1.0 200"),
+                ("GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n\u{1}garbage\r\n\r\n", "HTTP/1.1 200"),
+            ] {
+                let connection = try await RawConnection.connect(port: server.port)
+                try await connection.send(request)
+                let text = String(decoding: try await connection.waitForClose(), as: UTF8.self)
+                #expect(text.hasPrefix(first), "\(request.debugDescription) -> \(text.prefix(80).debugDescription)")
+                if first.hasPrefix("HTTP/1.1") { #expect(text.contains("HTTP/1.1 400 Bad Request")) }
+            }
+        }
+    }
+
     @Test("A never-ending chunked body is cut off at --max-body-bytes with 413")
     func endlessChunks() async throws {
         try await withServer({ $0.maxBodyBytes = 64 * 1024 }) { server in

@@ -1,3 +1,4 @@
+import Foundation
 import HeraldCore
 import Testing
 
@@ -22,6 +23,65 @@ struct PublishTests {
             #expect(events.allSatisfy { $0.type == "message" })
             #expect(events.map(\.lastEventID) == ids.map(String.init))
             #expect(!client.messages.contains(.retry(1)))
+            await client.close()
+        }
+    }
+
+    @Test("Field injection: CR, LF, CRLF and NUL in data, type or topic, in every body format, never add a field")
+    func fieldInjection() async throws {
+        try await withServer { server in
+            let client = try await SSEClient.open(port: server.port, path: "/events?topic=*")
+            _ = try await client.hello()
+            var expected: [(id: Int64, type: String, data: String)] = []
+            for (name, breaker) in [("cr", "\r"), ("lf", "\n"), ("crlf", "\r\n"), ("nul", "\u{0}")] {
+                let evil = "x\(breaker)event: evil\(breaker)id: 1\(breaker)\(breaker)data: injected"
+                let jsonEvil = JSON.quoted(evil)
+                let formEvil = evil.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+                // In data: accepted, and arrives as data only.
+                let normalised = evil.replacingOccurrences(of: "\r\n", with: "\n").replacingOccurrences(of: "\r", with: "\n")
+                for (body, contentType) in [
+                    (evil, "text/plain"),
+                    ("data=\(formEvil)", "application/x-www-form-urlencoded"),
+                    ("{\"data\":\(jsonEvil)}\n", "application/x-ndjson"),
+                ] {
+                    let ids = try await HTTPTestClient.publish(server.port, "/events?topic=inj/\(name)", body: body, contentType: contentType)
+                    expected.append((ids[0], "message", normalised))
+                }
+                // In a type or a topic: refused, whichever way it is sent.
+                let encoded = breaker.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+                for (path, body, contentType) in [
+                    ("/events?topic=inj&type=a\(encoded)b", "x", "text/plain"),
+                    ("/events?topic=inj\(encoded)b", "x", "text/plain"),
+                    ("/events?topic=inj", "data=x&type=a\(encoded)b", "application/x-www-form-urlencoded"),
+                    ("/events", "data=x&topic=a\(encoded)b", "application/x-www-form-urlencoded"),
+                    ("/events?topic=inj", "{\"data\":\"x\",\"type\":\(JSON.quoted("a\(breaker)b"))}", "application/x-ndjson"),
+                    ("/events", "{\"data\":\"x\",\"topic\":\(JSON.quoted("a\(breaker)b"))}", "application/x-ndjson"),
+                    ("/events?topic=inj", "event: a\(breaker)b\ndata: x\n\n", "text/event-stream"),
+                    ("/events", "topic: a\(breaker)b\ndata: x\n\n", "text/event-stream"),
+                ] {
+                    let response = try await HTTPTestClient.post(server.port, path, body: body, contentType: contentType)
+                    if breaker == "\u{0}" || !contentType.hasSuffix("event-stream") {
+                        #expect(response.status == 400, "\(name): \(path) \(body.debugDescription) -> \(response.status)")
+                    } else {
+                        // In an SSE body a line break ends the field: "a" is the whole type or
+                        // topic and "b" an unknown field, ignored. Still no injected field.
+                        #expect(response.status == 200)
+                    }
+                }
+            }
+            let sentinel = try await HTTPTestClient.publish(server.port, "/events?topic=inj/end", body: "end")[0]
+            let messages = try await client.waitFor("the sentinel") { messages in
+                SSEClient.dataEvents(in: messages).contains { $0.lastEventID == String(sentinel) }
+            }
+            let received = SSEClient.dataEvents(in: messages)
+            for (id, type, data) in expected {
+                let event = received.first { $0.lastEventID == String(id) }
+                #expect(event?.type == type && event?.data == data, "event \(id): \(String(describing: event))")
+            }
+            // No event carries a type or id that was not published.
+            #expect(received.allSatisfy { $0.type == "message" || $0.type == "a" }, "\(Set(received.map(\.type)))")
+            #expect(!received.contains { $0.type == "evil" || $0.lastEventID == "1" || $0.data == "injected" })
+            #expect(!messages.contains { if case .event(let e) = $0 { return e.type == "evil" } else { return false } })
             await client.close()
         }
     }

@@ -35,6 +35,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     var body: ByteBuffer?
     /// The answer decided before the body was read (auth failure, size), sent at its end.
     var earlyProblem: Problem?
+    /// Garbage that followed a request whose answer is still being produced: that answer
+    /// goes out first, then this one, then the connection closes.
+    var problemAfterAnswer: Problem?
     var hasUnterminatedResponse = false
     /// A long poll of this connection that is waiting for events.
     var pollWaiter: PollWaiter?
@@ -110,17 +113,22 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let parserError = error as? HTTPParserError {
-            // Only a connection between requests can be answered; one with an answer under
-            // way is just closed (its bytes would interleave with that answer).
+            let problem: Problem
+            switch parserError {
+            case .headerOverflow:
+                problem = Problem(.requestHeaderFieldsTooLarge, "the request header section is larger than \(configuration.maxHeaderBytes) bytes")
+            default:
+                problem = Problem(.badRequest, "malformed HTTP request (\(parserError))")
+            }
+            // A connection between requests is answered at once. One whose previous request
+            // is still being answered (a file read, a poll, a durable publish) gets that
+            // answer first: the garbage after a valid request must not cost its response.
             if state == .idle || state == .receiving {
-                switch parserError {
-                case .headerOverflow:
-                    sendRawProblemAndClose(
-                        Problem(.requestHeaderFieldsTooLarge, "the request header section is larger than \(configuration.maxHeaderBytes) bytes"),
-                        context: context)
-                default:
-                    sendRawProblemAndClose(Problem(.badRequest, "malformed HTTP request (\(parserError))"), context: context)
-                }
+                sendRawProblemAndClose(problem, context: context)
+            } else if state == .answering {
+                problemAfterAnswer = problem
+            } else if state == .closing {
+                // The last answer is being written; its completion closes the connection.
             } else {
                 state = .closing
                 context.close(promise: nil)
@@ -370,6 +378,13 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         hasUnterminatedResponse = false
         state = keepAlive ? .idle : .closing
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if let problem = problemAfterAnswer {
+            problemAfterAnswer = nil
+            if keepAlive {
+                sendRawProblemAndClose(problem, context: context)
+                return
+            }
+        }
         if keepAlive {
             self.request = nil
             self.body = nil
