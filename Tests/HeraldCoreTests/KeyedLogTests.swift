@@ -3,6 +3,18 @@ import Testing
 
 @Suite("KeyedLog: per-topic history for replay")
 struct KeyedLogTests {
+    @Test("A busy key keeps at most about as many evicted entries alive as live ones")
+    func evictedEntriesAreReleased() {
+        var log = KeyedLog<Entry>()
+        for id in Int64(1)...10_000 {
+            log.append(Entry(id: id), keys: ["busy", "k\(id % 50)"])
+            if id > 20 { log.evict(Entry(id: id - 20), keys: ["busy", "k\((id - 20) % 50)"]) }
+        }
+        // 20 live entries under "busy" and 20 spread over the other keys.
+        #expect(log.heldEntryCount <= 2 * 20 + 16 + 50 * 1)
+        #expect(log.entries(forKeys: ["busy"], after: 0, through: 10_000, limit: 100).entries.count == 20)
+    }
+
     @Test("Returns each key's entries in range, merged in id order, once each, and forgets evicted ones")
     func entries() {
         var log = KeyedLog<Entry>()
