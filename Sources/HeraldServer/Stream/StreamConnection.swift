@@ -20,6 +20,12 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// Milliseconds since 1970 when the stream opened.
     let connectedAt: Int64
     private(set) var context: ChannelHandlerContext?
+    /// The channel's core, for the per-event write and flush. The stream handler is first in
+    /// its pipeline, so a write through its context only passes the head handler on the way
+    /// to the same `write0`; calling the core directly skips that hop and its reference
+    /// counting, which a profile of 1 000 streams at 100 events/s put at ~6 % of the CPU
+    /// (one write and one flush per stream per event).
+    private var core: (any ChannelCore)?
 
     /// Highest id this stream has been sent (or, while replaying, examined). Live delivery
     /// skips ids at or below it, which also de-duplicates events with several topics.
@@ -52,10 +58,12 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.core = context.channel._channelCore
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.core = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -75,7 +83,7 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     @inline(__always)
     func write(_ buffer: ByteBuffer) {
-        context?.write(NIOAny(buffer), promise: nil)
+        core?.write0(NIOAny(buffer), promise: nil)
     }
 
     func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?) {
@@ -87,7 +95,7 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func flush() {
-        context?.flush()
+        core?.flush0()
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
