@@ -154,16 +154,23 @@ struct SubscribeTests {
             }
             await client.close()
 
-            // A stream that gets an event every 100 ms is never silent for 0.4 s.
+            // A stream that gets an event every 100 ms is never silent for 0.4 s. On a loaded
+            // machine a publish can itself take longer than that, so the test measures the
+            // gaps it caused and allows a comment only for a gap of (nearly) 0.4 s.
             let busy = try await SSEClient.open(port: server.port, path: "/events?topic=b")
             _ = try await busy.hello()
+            var last = ContinuousClock.now
+            var silences = 0
             for index in 0..<12 {
                 _ = try await HTTPTestClient.publish(server.port, "/events?topic=b", body: "tick \(index)")
+                let now = ContinuousClock.now
+                if now - last >= .milliseconds(350) { silences += 1 }
+                last = now
                 try await Task.sleep(for: .milliseconds(100))
             }
             _ = try await busy.waitForDataEvents(12)
             let comments = busy.messages.filter { if case .comment = $0 { return true } else { return false } }
-            #expect(comments.isEmpty, "keep-alives on a busy stream: \(comments.count)")
+            #expect(comments.count <= silences, "keep-alives on a busy stream: \(comments.count), silences of 0.35 s or more: \(silences)")
             await busy.close()
         }
     }
