@@ -229,6 +229,19 @@ struct HostileClientTests {
         }
     }
 
+    @Test("A request target over 8 KiB gets 414 at once, even when its body never comes (found by the fuzz test)")
+    func longTarget() async throws {
+        try await withServer { server in
+            let long = "/events?topic=" + String(repeating: "a", count: 9000)
+            #expect(try await HTTPTestClient.get(server.port, long).status == 414)
+            let connection = try await RawConnection.connect(port: server.port)
+            try await connection.send("POST \(long) HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 37\r\n\r\nabc")
+            // Well before any head or body timeout: the answer does not wait for the body.
+            let bytes = try await connection.waitForClose(timeout: .seconds(5))
+            #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 414"))
+        }
+    }
+
     @Test("A never-ending chunked body is cut off at --max-body-bytes with 413")
     func endlessChunks() async throws {
         try await withServer({ $0.maxBodyBytes = 64 * 1024 }) { server in

@@ -201,7 +201,11 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
         route = Route(path: path)
         if uri.utf8.count > 8192 {
-            earlyProblem = Problem(.uriTooLong, "the request target is longer than 8192 bytes")
+            // Answer now and close, whatever body may follow (waiting for it would let a
+            // client that never sends it hold the connection).
+            state = .discarding
+            sendProblem(Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true),
+                        context: context, request: head)
             return
         }
         if head.method != .OPTIONS && route.requiresPublisher(head.method) {
