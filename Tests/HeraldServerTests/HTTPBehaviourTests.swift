@@ -219,6 +219,9 @@ struct HostileClientTests {
             for (request, first) in [
                 ("HEAD / HTTP/1.0\r\n\r\n1\r\nHost: x\r\n\r\n", "HTTP/1.0 200"),
                 ("GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n\u{1}garbage\r\n\r\n", "HTTP/1.1 200"),
+                // A slower (asynchronous) answer, then more garbage than one read: closing at
+                // once would reset the connection and the client would lose both answers.
+                ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE" + String(repeating: "A", count: 20_000), "HTTP/1.1 200"),
             ] {
                 let connection = try await RawConnection.connect(port: server.port)
                 try await connection.send(request)

@@ -19,7 +19,7 @@ struct SplitMix64: RandomNumberGenerator {
 /// truncated), each sent on its own connection to a real server. Every one must be answered
 /// with a status below 500 (or, for a stream, 200 and then closed by us), the server must
 /// keep serving, and every connection slot must come back.
-@Suite("Fuzzing the HTTP request path over real sockets", .timeLimit(.minutes(4)))
+@Suite("Fuzzing the HTTP request path over real sockets", .timeLimit(.minutes(10)))
 struct HTTPFuzzTests {
     static let templates: [String] = [
         "GET /events?topic=a&topic=b/* HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: 5\r\n\r\n",

@@ -108,7 +108,18 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
-        codec.writeAndFlush(NIOAny(buffer)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        codec.writeAndFlush(NIOAny(buffer)).assumeIsolated().whenComplete { _ in Self.lingeringClose(context) }
+    }
+
+    /// Closes a connection after its last answer without losing that answer: the write side
+    /// is shut first (the client reads the answer, then end of stream), and the socket is
+    /// closed when the client closes or after 2 s. Closing at once while the client's unread
+    /// bytes (a pipelined request, garbage) sit in the receive buffer makes the kernel send a
+    /// reset, and a reset throws away the answer the client had not read yet (the fuzz test
+    /// found this with a request pipelined behind a slower answer).
+    static func lingeringClose(_ context: ChannelHandlerContext) {
+        context.close(mode: .output, promise: nil)
+        context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -133,6 +144,11 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 state = .closing
                 context.close(promise: nil)
             }
+            return
+        }
+        if let decoderError = error as? ByteToMessageDecoderError, case .dataReceivedInErrorState = decoderError {
+            // More bytes after a malformed request that is already being answered (or whose
+            // answer waits for the one before it): that answer closes the connection.
             return
         }
         server.logger.debug("connection error", metadata: ["error": "\(error)"])
@@ -394,7 +410,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             self.body = nil
             armHeadTimer(context: context)
         } else {
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            written.assumeIsolated().whenComplete { _ in Self.lingeringClose(context) }
         }
     }
 }
