@@ -171,21 +171,16 @@ final class Shard: @unchecked Sendable {
             if let storeThrough = batch.fromStoreThrough, let store = hub.store {
                 // Older than the ring: answer from the store with what matches in the next
                 // slice (possibly nothing, with the position reached, so the client goes on).
-                store.events(after: after, through: storeThrough, limit: PollWaiter.maxEvents)
-                    .hop(to: eventLoop).assumeIsolated().whenComplete { result in
-                        switch result {
-                        case .failure:
-                            waiter.finish([], lastEventID: after, reset: false)
-                        case .success(let events):
-                            if self.hub.historyFloor > after {
-                                waiter.finish(self.hub.retainedEvents(for: request.filter, through: self.deliveredThrough), lastEventID: self.deliveredThrough, reset: true)
-                                return
-                            }
-                            let reached = events.count < PollWaiter.maxEvents ? storeThrough : events.last!.id
-                            let matching = events.filter { request.filter.matches(topics: $0.topics, client: $0.client) }
-                            waiter.finish(matching, lastEventID: reached, reset: false)
-                        }
+                readStore(store, after: after, through: storeThrough, limit: PollWaiter.maxEvents, filter: request.filter) { result in
+                    switch result {
+                    case .failure:
+                        waiter.finish([], lastEventID: after, reset: false)
+                    case .success(.truncated):
+                        waiter.finish(self.hub.retainedEvents(for: request.filter, through: self.deliveredThrough), lastEventID: self.deliveredThrough, reset: true)
+                    case .success(.slice(let matching, let reached)):
+                        waiter.finish(matching, lastEventID: reached, reset: false)
                     }
+                }
                 return waiter
             }
             if !batch.events.isEmpty {
@@ -328,27 +323,44 @@ final class Shard: @unchecked Sendable {
         }
         if let storeThrough = batch.fromStoreThrough, let store = hub.store {
             let after = stream.cursor
-            store.events(after: after, through: storeThrough, limit: Self.replayBatchEvents)
-                .hop(to: eventLoop).assumeIsolated().whenComplete { result in
-                    guard stream.replaying, !stream.closed, stream.cursor == after else { return }
-                    switch result {
-                    case .failure(let error):
-                        self.logger.error("replay from the store failed; closing the stream so it resumes", metadata: ["error": "\(error)"])
-                        stream.close(graceful: false)
-                    case .success(let events):
-                        // Rows deleted by pruning while they were read: a gap, so a reset.
-                        if self.hub.historyFloor > after {
-                            self.truncateReplay(stream)
-                            return
-                        }
-                        let reached = events.count < Self.replayBatchEvents ? storeThrough : events.last!.id
-                        let matching = events.filter { stream.filter.matches(topics: $0.topics, client: $0.client) }
-                        self.sendReplay(stream, events: matching, reachedPosition: reached)
-                    }
+            readStore(store, after: after, through: storeThrough, limit: Self.replayBatchEvents, filter: stream.filter) { result in
+                guard stream.replaying, !stream.closed, stream.cursor == after else { return }
+                switch result {
+                case .failure(let error):
+                    self.logger.error("replay from the store failed; closing the stream so it resumes", metadata: ["error": "\(error)"])
+                    stream.close(graceful: false)
+                case .success(.truncated):
+                    self.truncateReplay(stream)
+                case .success(.slice(let matching, let reached)):
+                    self.sendReplay(stream, events: matching, reachedPosition: reached)
                 }
+            }
             return
         }
         sendReplay(stream, events: batch.events, reachedPosition: batch.position)
+    }
+
+    enum StoreSlice {
+        /// The matching events of the slice, and the position the slice covers.
+        case slice([StoredEvent], reached: Int64)
+        /// Pruning deleted rows after `after` while they were read: a gap, so a reset.
+        case truncated
+    }
+
+    /// Reads the events after `after` (up to `through`, at most `limit`) from the durable
+    /// store off the event loop, and hands what matches `filter` back on this loop.
+    private func readStore(
+        _ store: SQLiteStore, after: Int64, through: Int64, limit: Int, filter: TopicFilter,
+        _ completion: @escaping (Result<StoreSlice, any Error>) -> Void
+    ) {
+        store.events(after: after, through: through, limit: limit)
+            .hop(to: eventLoop).assumeIsolated().whenComplete { result in
+                completion(result.map { events in
+                    if self.hub.historyFloor > after { return .truncated }
+                    let reached = events.count < limit ? through : events.last!.id
+                    return .slice(events.filter { filter.matches(topics: $0.topics, client: $0.client) }, reached: reached)
+                })
+            }
     }
 
     /// The history moved past a replaying stream: it missed events it can no longer get,
