@@ -51,7 +51,7 @@ check "bad HERALD_PORT is a usage error" bash -c "! HERALD_PORT=abc '$bin' >/dev
 check "--help lists the flags" bash -c "'$bin' --help | grep -q -- '--max-queued-bytes'"
 check "--store with an unknown scheme is a usage error (64) naming the flag" bash -c "'$bin' --store bogus >/dev/null 2>'$work/store-err'; test \$? = 64 && grep -q -- '--store' '$work/store-err'"
 check "--store sqlite: without a path is a usage error" bash -c "'$bin' --store sqlite: >/dev/null 2>&1; test \$? = 64"
-check "--history-max-age 0 and --cache 0 are usage errors" bash -c "'$bin' --history-max-age 0 >/dev/null 2>&1; a=\$?; '$bin' --cache 0 >/dev/null 2>&1; test \$a = 64 && test \$? = 64"
+check "--history-max-age 0 and --cache 0 are usage errors" bash -c "'$bin' --history-max-age 0 >/dev/null 2>&1; a=\$?; '$bin' --cache 0 >/dev/null 2>&1; b=\$?; test \$a = 64 && test \$b = 64"
 check "an unopenable store file stops herald with an error naming it" bash -c "! timeout 10 '$bin' --port 0 --store sqlite:/nonexistent-dir/e.db >/dev/null 2>'$work/open-err' && grep -q 'nonexistent-dir/e.db' '$work/open-err'"
 
 HERALD_PORT=0 HERALD_PUBLISH_KEY="k-one, k-two" HERALD_KEEPALIVE=1 HERALD_PUBLIC=public \
