@@ -32,8 +32,11 @@ public struct HeraldConfiguration: Sendable {
     public var publishKeys: [String] = []
     /// Origins allowed cross-origin; `*` applies to the subscribe endpoints only.
     public var corsOrigins: [String] = ["*"]
-    /// Maximum open streams (plus waiting polls); nil for no limit.
+    /// Maximum open streams (plus waiting polls); nil for the default, the process's
+    /// open-file limit minus ``fileDescriptorReserve`` (see ``effectiveMaxConnections``).
     public var maxConnections: Int?
+    /// Topics that may have a retained event at once; past it the oldest retained event goes.
+    public var maxRetained = 100_000
     public var maxEventBytes = 65_536
     public var maxBodyBytes = 1_048_576
     /// Unsent bytes a live stream may have queued before it is disconnected.
@@ -59,6 +62,58 @@ public struct HeraldConfiguration: Sendable {
     public var announceListening = false
 
     public init() {}
+
+    /// Descriptors kept free for publishers, `/health`, `/metrics`, files and the store when
+    /// streams fill the server (SPEC §16).
+    public static let fileDescriptorReserve = 256
+
+    /// The stream limit in force: `maxConnections`, or the open-file limit minus the reserve.
+    public var effectiveMaxConnections: Int {
+        if let maxConnections { return maxConnections }
+        return max(1, ProcessLimits.openFiles() - Self.fileDescriptorReserve)
+    }
+
+    /// Checks every value; the CLI and embedding code get the same errors. Each names the
+    /// flag it is about.
+    public func validate() throws(ConfigurationError) {
+        func check(_ condition: Bool, _ message: @autoclosure () -> String) throws(ConfigurationError) {
+            if !condition { throw ConfigurationError(message()) }
+        }
+        try check((0...65_535).contains(port), "--port must be 0...65535")
+        try check((1...Self.maxHistory).contains(historyCapacity), "--history must be 1...\(Self.maxHistory)")
+        try check((1...Self.maxHistory).contains(cacheCapacity), "--cache must be 1...\(Self.maxHistory)")
+        try check(keepAlive.isFinite && keepAlive > 0 && keepAlive <= 86_400, "--keepalive must be more than 0 and at most 86400 seconds")
+        try check((0...86_400_000).contains(retryMilliseconds), "--retry-ms must be 0...86400000")
+        try check((1...(1 << 30)).contains(maxEventBytes), "--max-event-bytes must be 1...\(1 << 30)")
+        try check((1...(1 << 30)).contains(maxBodyBytes), "--max-body-bytes must be 1...\(1 << 30)")
+        try check((1...(1 << 30)).contains(maxQueuedBytes), "--max-queued-bytes must be 1...\(1 << 30)")
+        try check((1...Self.maxHistory).contains(maxRetained), "--max-retained must be 1...\(Self.maxHistory)")
+        if let maxConnections { try check(maxConnections >= 1, "--max-connections must be at least 1") }
+        try check((1...256).contains(eventLoopThreads), "--threads must be 1...256")
+        if let historyMaxAge { try check(historyMaxAge > .zero, "--history-max-age must be more than 0 seconds") }
+        for key in publishKeys {
+            try check(!key.isEmpty && !key.contains(" "), "--publish-key must be non-empty and contain no spaces")
+        }
+        if case .sqlite(let path) = store { try check(!path.isEmpty, "--store sqlite:PATH needs a file path") }
+    }
+
+    /// The largest history, cache or retained count accepted (memory is the real limit).
+    public static let maxHistory = 100_000_000
+
+    /// Converts a number of seconds from a flag to a `TimeAmount`, refusing what is not a
+    /// finite number in `range` (a `Double` like 1e300 or inf would trap on conversion).
+    public static func duration(seconds: Double, flag: String, range: ClosedRange<Double>) throws(ConfigurationError) -> TimeAmount {
+        guard seconds.isFinite, range.contains(seconds) else {
+            throw ConfigurationError("\(flag) must be a number of seconds from \(range.lowerBound) to \(range.upperBound), not \(seconds)")
+        }
+        return .nanoseconds(Int64((seconds * 1_000_000_000).rounded()))
+    }
+}
+
+/// A configuration value that cannot be used; the message names the flag.
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
 extension TimeAmount {

@@ -36,16 +36,24 @@ public final class HeraldServer: Service, Sendable {
         self.listening = group.next().makePromise(of: SocketAddress.self)
         self.metrics = HeraldMetrics()
         let start = Hub.memoryStoreStart(nowMicroseconds: WallClock.microsecondsSince1970())
-        self.hub = Hub(capacity: max(1, configuration.historyCapacity), startingAfter: start, metrics: metrics)
+        self.hub = Hub(capacity: max(1, configuration.historyCapacity), startingAfter: start,
+                       maxRetained: configuration.maxRetained, metrics: metrics)
         self.freshStart = start
         var shards: [Shard] = []
         for loop in group.makeIterator() {
             shards.append(Shard(
                 eventLoop: loop, hub: hub, startingAt: start,
-                keepAlive: .nanoseconds(Int64(max(0.001, configuration.keepAlive) * 1_000_000_000)),
+                keepAlive: Self.keepAliveInterval(configuration.keepAlive),
                 maxQueuedBytes: configuration.maxQueuedBytes, logger: configuration.logger))
         }
         hub.installShards(shards)
+    }
+
+    /// The keep-alive interval, clamped to what ``HeraldConfiguration/validate()`` allows
+    /// (embedding code may skip validation; a conversion must never trap).
+    static func keepAliveInterval(_ seconds: Double) -> TimeAmount {
+        let clamped = seconds.isFinite ? min(max(0.001, seconds), 86_400) : 15
+        return .nanoseconds(Int64(clamped * 1_000_000_000))
     }
 
     /// The address the server is bound to, once it is.
@@ -76,8 +84,17 @@ public final class HeraldServer: Service, Sendable {
         }()
 
         let channel: any Channel
+        let maxQueuedBytes = max(1, configuration.maxQueuedBytes)
         do {
             channel = try await ServerBootstrap(group: group)
+                // Out of file descriptors (EMFILE/ENFILE) or kernel memory, `accept` fails
+                // while the listener stays readable: without a pause the loop would spin at
+                // 100 % CPU. Accepting pauses for 100 ms; open connections keep flowing.
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(backoffProvider: Self.acceptBackoff))
+                    }
+                }
                 .serverChannelOption(.backlog, value: 4096)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 // Accept up to 64 connections per wake-up (NIO's default is 4): a reconnect
@@ -90,9 +107,15 @@ public final class HeraldServer: Service, Sendable {
                 // the connection lives. A 2 KiB default would be most of an idle stream's
                 // memory; request heads fit in 512 bytes, and the allocator grows for bodies.
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
+                // Back-pressure on every connection (SPEC §16): once a connection's unsent
+                // output passes --max-queued-bytes, BackPressureHandler stops reading from it
+                // until the client has taken some, so a client that pipelines requests and
+                // never reads the answers cannot make the server's memory grow.
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: maxQueuedBytes / 2, high: maxQueuedBytes))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let operations = channel.pipeline.syncOperations
+                        try operations.addHandler(BackPressureHandler())
                         try operations.configureHTTPServerPipeline(
                             withPipeliningAssistance: true, withErrorHandling: false, withEncoderConfiguration: .init(),
                             withDecoderLimitConfiguration: limits)
@@ -143,7 +166,8 @@ public final class HeraldServer: Service, Sendable {
     private func openStore() async throws -> SQLiteStore? {
         guard case .sqlite(let path) = configuration.store else { return nil }
         let store = SQLiteStore(
-            path: path, historyLimit: max(1, configuration.historyCapacity), maxAge: configuration.historyMaxAge,
+            path: path, historyLimit: max(1, configuration.historyCapacity), retainedLimit: configuration.maxRetained,
+            maxAge: configuration.historyMaxAge,
             loop: group.next(), logger: configuration.logger)
         let hub = self.hub
         store.onCommitted = { hub.committed($0) }
@@ -193,6 +217,14 @@ public final class HeraldServer: Service, Sendable {
         let deadline = NIODeadline.now() + grace + .seconds(1)
         while hub.openStreams.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// How long accepting pauses after an `accept` error that more accepting cannot fix.
+    @Sendable static func acceptBackoff(_ error: IOError) -> TimeAmount? {
+        switch error.errnoCode {
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM: return .milliseconds(100)
+        default: return nil
         }
     }
 

@@ -16,7 +16,7 @@ enum EnvironmentDefaults {
     static let options: [(name: String, kind: Kind)] = [
         ("host", .value), ("port", .value), ("public", .value), ("history", .value), ("history-max-age", .value), ("cache", .value), ("keepalive", .value),
         ("retry-ms", .value), ("publish-key", .repeatable), ("cors-origin", .repeatable),
-        ("max-connections", .value), ("max-event-bytes", .value), ("max-body-bytes", .value),
+        ("max-connections", .value), ("max-retained", .value), ("max-event-bytes", .value), ("max-body-bytes", .value),
         ("max-queued-bytes", .value), ("no-chunked", .flag), ("demo", .flag), ("store", .value),
         ("threads", .value), ("shutdown-grace", .value), ("log-level", .value),
     ]

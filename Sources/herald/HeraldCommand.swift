@@ -54,8 +54,11 @@ struct HeraldCommand: AsyncParsableCommand {
     @Option(name: .customLong("cors-origin"), help: "Allowed cross-origin origin (repeatable; default '*' for the subscribe endpoints).")
     var corsOrigins: [String] = []
 
-    @Option(name: .customLong("max-connections"), help: "Maximum open streams; more get 503 with Retry-After.")
+    @Option(name: .customLong("max-connections"), help: "Maximum open streams; more get 503 with Retry-After (default: the open-file limit minus 256).")
     var maxConnections: Int?
+
+    @Option(name: .customLong("max-retained"), help: "Topics that may hold a retained event; past it the oldest retained event is dropped.")
+    var maxRetained = 100_000
 
     @Option(name: .customLong("max-event-bytes"), help: "Largest event data in bytes.")
     var maxEventBytes = 65_536
@@ -85,23 +88,7 @@ struct HeraldCommand: AsyncParsableCommand {
     var logLevel = "info"
 
     func validate() throws {
-        guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0...65535") }
-        guard history >= 1 else { throw ValidationError("--history must be at least 1") }
-        guard keepalive > 0 else { throw ValidationError("--keepalive must be more than 0 seconds") }
-        guard retryMilliseconds >= 0 else { throw ValidationError("--retry-ms must not be negative") }
-        guard maxEventBytes > 0, maxBodyBytes > 0, maxQueuedBytes > 0 else {
-            throw ValidationError("--max-event-bytes, --max-body-bytes and --max-queued-bytes must be positive")
-        }
-        if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-        guard shutdownGrace >= 0, shutdownGrace <= 60 else { throw ValidationError("--shutdown-grace must be 0...60 seconds") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a level") }
-        _ = try parsedStore()
-        if let historyMaxAge, !(historyMaxAge > 0) { throw ValidationError("--history-max-age must be more than 0 seconds") }
-        guard cache >= 1 else { throw ValidationError("--cache must be at least 1") }
-        for key in publishKeys where key.isEmpty || key.contains(" ") {
-            throw ValidationError("--publish-key must be non-empty and contain no spaces")
-        }
+        _ = try makeConfiguration()
     }
 
     /// `memory` or `sqlite:PATH`; `postgres://` (cluster mode) is not built yet.
@@ -118,13 +105,44 @@ struct HeraldCommand: AsyncParsableCommand {
         throw ValidationError("--store '\(store)' is not a store; use 'memory' or 'sqlite:PATH'")
     }
 
+    /// Flags -> configuration, validated; every refusal is a usage error naming the flag.
+    func makeConfiguration() throws -> HeraldConfiguration {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a level") }
+        do {
+            var configuration = HeraldConfiguration()
+            configuration.host = host
+            configuration.port = port
+            configuration.publicDirectory = publicDirectory
+            configuration.historyCapacity = history
+            configuration.historyMaxAge = try historyMaxAge.map {
+                try HeraldConfiguration.duration(seconds: $0, flag: "--history-max-age", range: 0.001...(100 * 365 * 86_400))
+            }
+            configuration.cacheCapacity = cache
+            configuration.store = try parsedStore()
+            configuration.keepAlive = keepalive
+            _ = try HeraldConfiguration.duration(seconds: keepalive, flag: "--keepalive", range: 0.001...86_400)
+            configuration.retryMilliseconds = retryMilliseconds
+            configuration.publishKeys = publishKeys
+            configuration.corsOrigins = corsOrigins.isEmpty ? ["*"] : corsOrigins
+            configuration.maxConnections = maxConnections
+            configuration.maxRetained = maxRetained
+            configuration.maxEventBytes = maxEventBytes
+            configuration.maxBodyBytes = maxBodyBytes
+            configuration.maxQueuedBytes = maxQueuedBytes
+            configuration.noChunked = noChunked
+            configuration.demo = demo
+            if let threads { configuration.eventLoopThreads = threads }
+            configuration.shutdownGrace = try HeraldConfiguration.duration(seconds: shutdownGrace, flag: "--shutdown-grace", range: 0...60)
+            try configuration.validate()
+            return configuration
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.description)
+        }
+    }
+
     func run() async throws {
         // One socket per stream: use every file descriptor the hard limit allows.
-        var files = rlimit()
-        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 && files.rlim_cur < files.rlim_max {
-            files.rlim_cur = files.rlim_max
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
-        }
+        ProcessLimits.raiseOpenFiles()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -134,26 +152,7 @@ struct HeraldCommand: AsyncParsableCommand {
         var logger = Logger(label: "herald")
         logger.logLevel = level
 
-        var configuration = HeraldConfiguration()
-        configuration.host = host
-        configuration.port = port
-        configuration.publicDirectory = publicDirectory
-        configuration.historyCapacity = history
-        configuration.historyMaxAge = historyMaxAge.map { .nanoseconds(Int64($0 * 1_000_000_000)) }
-        configuration.cacheCapacity = cache
-        configuration.store = try parsedStore()
-        configuration.keepAlive = keepalive
-        configuration.retryMilliseconds = retryMilliseconds
-        configuration.publishKeys = publishKeys
-        configuration.corsOrigins = corsOrigins.isEmpty ? ["*"] : corsOrigins
-        configuration.maxConnections = maxConnections
-        configuration.maxEventBytes = maxEventBytes
-        configuration.maxBodyBytes = maxBodyBytes
-        configuration.maxQueuedBytes = maxQueuedBytes
-        configuration.noChunked = noChunked
-        configuration.demo = demo
-        if let threads { configuration.eventLoopThreads = threads }
-        configuration.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
+        var configuration = try makeConfiguration()
         configuration.logger = logger
         configuration.announceListening = true
 

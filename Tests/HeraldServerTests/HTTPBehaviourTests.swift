@@ -13,7 +13,7 @@ struct HTTPBehaviourTests {
             #expect(preflight.status == 204)
             #expect(preflight.header("access-control-allow-origin") == "*")
             let allowed = preflight.header("access-control-allow-headers") ?? ""
-            for name in ["Last-Event-ID", "Cache-Control", "Authorization", "Content-Type", "Idempotency-Key"] {
+            for name in ["Last-Event-ID", "Cache-Control", "Authorization", "Content-Type", "Idempotency-Key", "X-Requested-With"] {
                 #expect(allowed.contains(name))
             }
             let publishPreflight = try await HTTPTestClient.request(
@@ -30,8 +30,9 @@ struct HTTPBehaviourTests {
                 headers: [("Accept", "text/event-stream"), ("Origin", "https://site.example")])
             #expect(try await stream.head().header("access-control-allow-origin") == "*")
             await stream.close()
+            // Keyless publishing refuses an origin that is not listed explicitly (SPEC §16).
             let publish = try await HTTPTestClient.post(server.port, "/events?topic=a", body: "x", headers: [("Origin", "https://site.example")])
-            #expect(publish.status == 200)
+            #expect(publish.status == 403)
             #expect(publish.header("access-control-allow-origin") == nil)
             let adminPublish = try await HTTPTestClient.post(server.port, "/events?topic=a", body: "x", headers: [("Origin", "https://admin.example")])
             #expect(adminPublish.header("access-control-allow-origin") == "https://admin.example")
@@ -42,8 +43,8 @@ struct HTTPBehaviourTests {
     func methodsAndPaths() async throws {
         try await withServer { server in
             let cases: [(String, String, Int, String?)] = [
-                ("PUT", "/events", 405, "GET, POST, OPTIONS"),
-                ("DELETE", "/events", 405, "GET, POST, OPTIONS"),
+                ("PUT", "/events", 405, "GET, POST, DELETE, OPTIONS"),
+                ("DELETE", "/events", 400, nil),
                 ("POST", "/clients", 405, "GET, OPTIONS"),
                 ("PUT", "/clients/some_token", 405, "GET, DELETE, OPTIONS"),
                 ("GET", "/clients/some_token/events", 405, "POST, OPTIONS"),
@@ -112,7 +113,7 @@ struct HTTPBehaviourTests {
     func headTimeout() async throws {
         try await withServer({ $0.requestHeadTimeout = .milliseconds(300) }) { server in
             let slow = try await RawConnection.connect(port: server.port)
-            try await slow.send("GET /health HTTP/1.1\r\nHost: x\r\n")
+            try await slow.send("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             let idle = try await RawConnection.connect(port: server.port)
             #expect(try await HTTPTestClient.get(server.port, "/health").status == 200)
             let bytes = try await slow.waitForClose(timeout: .seconds(5))
@@ -144,10 +145,10 @@ struct HTTPBehaviourTests {
     func pipelining() async throws {
         try await withServer { server in
             let connection = try await RawConnection.connect(port: server.port)
-            let requests = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-                + "POST /events?topic=p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-                + "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
-                + "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            let requests = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                + "POST /events?topic=p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc"
+                + "GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                + "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
             try await connection.send(requests)
             let bytes = try await connection.waitForClose()
             var rest = bytes
@@ -165,7 +166,7 @@ struct HTTPBehaviourTests {
     func expectContinue() async throws {
         try await withServer { server in
             let connection = try await RawConnection.connect(port: server.port)
-            try await connection.send("POST /events?topic=e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            try await connection.send("POST /events?topic=e HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
             try await connection.waitUntil("100 Continue") { bytes, _ in
                 String(decoding: bytes, as: UTF8.self).contains("100 Continue")
             }
@@ -188,9 +189,9 @@ struct HostileClientTests {
             for index in 0..<20 {
                 let connection = try await RawConnection.connect(port: server.port)
                 if index % 2 == 0 {
-                    try await connection.send("GET /health HTTP/1.1\r\nHost: x\r\n")
+                    try await connection.send("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 } else {
-                    try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+                    try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nab")
                 }
                 slow.append(connection)
             }
@@ -217,11 +218,11 @@ struct HostileClientTests {
     func garbageAfterRequest() async throws {
         try await withServer { server in
             for (request, first) in [
-                ("HEAD / HTTP/1.0\r\n\r\n1\r\nHost: x\r\n\r\n", "HTTP/1.0 200"),
-                ("GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n\u{1}garbage\r\n\r\n", "HTTP/1.1 200"),
+                ("HEAD / HTTP/1.0\r\n\r\n1\r\nHost: 127.0.0.1\r\n\r\n", "HTTP/1.0 200"),
+                ("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\u{1}garbage\r\n\r\n", "HTTP/1.1 200"),
                 // A slower (asynchronous) answer, then more garbage than one read: closing at
                 // once would reset the connection and the client would lose both answers.
-                ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE" + String(repeating: "A", count: 20_000), "HTTP/1.1 200"),
+                ("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGARBAGE" + String(repeating: "A", count: 20_000), "HTTP/1.1 200"),
             ] {
                 let connection = try await RawConnection.connect(port: server.port)
                 try await connection.send(request)
@@ -238,7 +239,7 @@ struct HostileClientTests {
             let long = "/events?topic=" + String(repeating: "a", count: 9000)
             #expect(try await HTTPTestClient.get(server.port, long).status == 414)
             let connection = try await RawConnection.connect(port: server.port)
-            try await connection.send("POST \(long) HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 37\r\n\r\nabc")
+            try await connection.send("POST \(long) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 37\r\n\r\nabc")
             // Well before any head or body timeout: the answer does not wait for the body.
             let bytes = try await connection.waitForClose(timeout: .seconds(5))
             #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 414"))
@@ -249,7 +250,7 @@ struct HostileClientTests {
     func endlessChunks() async throws {
         try await withServer({ $0.maxBodyBytes = 64 * 1024 }) { server in
             let connection = try await RawConnection.connect(port: server.port)
-            try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
             let chunk = "400\r\n" + String(repeating: "z", count: 1024) + "\r\n"
             for _ in 0..<200 where !connection.isClosed {
                 try? await connection.send(chunk)

@@ -22,19 +22,19 @@ struct SplitMix64: RandomNumberGenerator {
 @Suite("Fuzzing the HTTP request path over real sockets", .timeLimit(.minutes(10)))
 struct HTTPFuzzTests {
     static let templates: [String] = [
-        "GET /events?topic=a&topic=b/* HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: 5\r\n\r\n",
-        "POST /events?topic=f&type=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 37\r\n\r\n{\"data\":{\"a\":[1,2]},\"topic\":\"f/x\"}\n\n",
-        "POST /events?topic=f HTTP/1.1\r\nHost: x\r\nContent-Type: text/event-stream\r\nContent-Length: 29\r\n\r\nevent: e\ndata: x\ndata: y\n\n\n",
-        "POST /events?topic=f HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\n\r\ndata=a%0Ab&type=",
-        "POST /events?topic=f HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        "POST /clients/fuzz_token/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nIdempotency-Key: k\r\nContent-Length: 3\r\n\r\nabc",
-        "GET /poll?topic=a&timeout=0&lastEventId=1 HTTP/1.1\r\nHost: x\r\n\r\n",
-        "GET /clients HTTP/1.1\r\nHost: x\r\n\r\n",
-        "DELETE /clients/fuzz_token HTTP/1.1\r\nHost: x\r\n\r\n",
-        "GET /index.html HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"x\"\r\nAccept-Encoding: gzip\r\n\r\n",
-        "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
-        "OPTIONS /events HTTP/1.1\r\nHost: x\r\nOrigin: http://o\r\nAccess-Control-Request-Method: GET\r\n\r\n",
-        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /events?topic=a&topic=b/* HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nLast-Event-ID: 5\r\n\r\n",
+        "POST /events?topic=f&type=t HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: 37\r\n\r\n{\"data\":{\"a\":[1,2]},\"topic\":\"f/x\"}\n\n",
+        "POST /events?topic=f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/event-stream\r\nContent-Length: 29\r\n\r\nevent: e\ndata: x\ndata: y\n\n\n",
+        "POST /events?topic=f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\n\r\ndata=a%0Ab&type=",
+        "POST /events?topic=f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /clients/fuzz_token/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nIdempotency-Key: k\r\nContent-Length: 3\r\n\r\nabc",
+        "GET /poll?topic=a&timeout=0&lastEventId=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "GET /clients HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "DELETE /clients/fuzz_token HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: \"x\"\r\nAccept-Encoding: gzip\r\n\r\n",
+        "HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "OPTIONS /events HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://o\r\nAccess-Control-Request-Method: GET\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     ]
 
     static let fragments: [[UInt8]] = [

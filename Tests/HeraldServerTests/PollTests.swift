@@ -102,7 +102,7 @@ struct PollTests {
 
             // A poll abandoned by its client frees its slot.
             let abandoned = try await RawConnection.connect(port: server.port)
-            try await abandoned.send("GET /poll?topic=q&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+            try await abandoned.send("GET /poll?topic=q&timeout=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             try await Task.sleep(for: .milliseconds(200))
             await abandoned.close()
             var admitted = false

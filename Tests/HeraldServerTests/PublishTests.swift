@@ -184,7 +184,7 @@ struct PublishTests {
             let big = try await HTTPTestClient.post(server.port, "/events?topic=a", body: String(repeating: "b", count: 2001))
             #expect(big.status == 413)
             let connection = try await RawConnection.connect(port: server.port)
-            var chunked = "POST /events?topic=a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            var chunked = "POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
             for _ in 0..<3 { chunked += "3e8\r\n" + String(repeating: "c", count: 1000) + "\r\n" }
             try await connection.send(chunked)
             let bytes = try await connection.waitForClose()

@@ -15,7 +15,8 @@ public struct KeyedLog<Entry: HistoryEntry> {
         init() {}
     }
 
-    @usableFromInline var logs: [String: Log] = [:]
+    /// Keyed by bytes (``TopicKey``), like every topic-keyed collection.
+    @usableFromInline var logs: [TopicKey: Log] = [:]
 
     public init() {}
 
@@ -27,7 +28,8 @@ public struct KeyedLog<Entry: HistoryEntry> {
 
     /// Records `entry` under each key.
     public mutating func append(_ entry: Entry, keys: [String]) {
-        for key in keys {
+        for name in keys {
+            let key = TopicKey(name)
             let log: Log
             if let existing = logs[key] { log = existing } else { log = Log(); logs[key] = log }
             log.entries.append(entry)
@@ -37,7 +39,8 @@ public struct KeyedLog<Entry: HistoryEntry> {
     /// Forgets `entry`, which must be the oldest entry of each of its keys (the ring evicts
     /// oldest first, so it is).
     public mutating func evict(_ entry: Entry, keys: [String]) {
-        for key in keys {
+        for name in keys {
+            let key = TopicKey(name)
             guard let log = logs[key], log.start < log.entries.count, log.entries[log.start].id == entry.id else { continue }
             log.start += 1
             if log.start == log.entries.count {
@@ -59,7 +62,7 @@ public struct KeyedLog<Entry: HistoryEntry> {
         var lists: [ArraySlice<Entry>] = []
         var position = through
         for key in keys {
-            guard let log = logs[key] else { continue }
+            guard let log = logs[TopicKey(key)] else { continue }
             var low = log.start
             var high = log.entries.count
             while low < high {

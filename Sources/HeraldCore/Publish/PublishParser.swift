@@ -123,7 +123,7 @@ public struct PublishParser: Sendable {
         var unique: [String] = []
         for topic in chosen {
             do { try TopicRules.validate(topic: topic, forSubscription: false) } catch { throw PublishError(.badRequest, "\(place): \(error.detail)") }
-            if !unique.contains(topic) { unique.append(topic) }
+            if !unique.contains(where: { $0.bytesEqual(topic) }) { unique.append(topic) }
         }
         return EventDraft(topics: unique, type: type ?? defaultType, data: data)
     }
@@ -158,14 +158,14 @@ public struct PublishParser: Sendable {
     private func parseNDJSON(_ text: String, defaultType: String?) throws(PublishError) -> [EventDraft] {
         var drafts: [EventDraft] = []
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Split on LF bytes: as `Character`s, CR LF is one grapheme and would never match
+        // "\n". A CR before the LF is JSON whitespace, so CRLF line ends work too.
+        for rawLine in Array(text.utf8).split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
-            var line = Substring(rawLine)
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            if line.allSatisfy({ $0 == " " || $0 == "\t" }) { continue }
+            if rawLine.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
             let place = "NDJSON line \(lineNumber)"
             let value: JSONValue
-            do { value = try JSON.parse(String(line)) } catch { throw PublishError(.badRequest, "\(place): malformed JSON: \(error)") }
+            do { value = try JSON.parse(bytes: Array(rawLine)) } catch { throw PublishError(.badRequest, "\(place): malformed JSON: \(error)") }
             guard case .object = value else { throw PublishError(.badRequest, "\(place): expected a JSON object like {\"topic\":\"t\",\"data\":...}") }
             var topics: [String]?
             switch value["topic"] {

@@ -1,25 +1,34 @@
 /// What one stream subscribed to: exact topics, prefix patterns (`quotes/*`), everything
 /// (`*`), and optionally its client token for direct messages.
+///
+/// Topics compare by their UTF-8 bytes (``TopicKey``), never by Unicode equivalence.
 public struct TopicFilter: Sendable, Equatable {
-    public private(set) var exact: Set<String> = []
-    /// Prefixes without the trailing `*` (`quotes/*` is stored as `quotes/`).
-    public private(set) var prefixes: Set<String> = []
+    public private(set) var exact: Set<TopicKey> = []
+    /// Prefixes without the trailing `*` (`quotes/*` is stored as `quotes/`), each once.
+    public private(set) var prefixes: [String] = []
     public private(set) var matchesAll = false
     /// Direct messages addressed to this token reach the stream.
     public var clientToken: String?
 
     /// - Parameter patterns: validated subscription topics (see ``TopicRules``).
     public init(patterns: [String], clientToken: String?) {
+        var seenPrefixes = Set<TopicKey>()
         for pattern in patterns {
             if pattern == "*" {
                 matchesAll = true
-            } else if pattern.hasSuffix("*") {
-                prefixes.insert(String(pattern.dropLast()))
+            } else if pattern.utf8.last == UInt8(ascii: "*") {
+                let prefix = String(decoding: pattern.utf8.dropLast(), as: UTF8.self)
+                if seenPrefixes.insert(TopicKey(prefix)).inserted { prefixes.append(prefix) }
             } else {
-                exact.insert(pattern)
+                exact.insert(TopicKey(pattern))
             }
         }
         self.clientToken = clientToken
+    }
+
+    public static func == (lhs: TopicFilter, rhs: TopicFilter) -> Bool {
+        lhs.exact == rhs.exact && lhs.matchesAll == rhs.matchesAll && lhs.clientToken == rhs.clientToken
+            && Set(lhs.prefixes.map(TopicKey.init)) == Set(rhs.prefixes.map(TopicKey.init))
     }
 
     /// Whether every match is an exact topic or the client token, so that a replay can read
@@ -28,7 +37,7 @@ public struct TopicFilter: Sendable, Equatable {
 
     /// The ``KeyedLog`` keys this filter matches (when ``isExactOnly``).
     public var logKeys: [String] {
-        var keys = Array(exact)
+        var keys = exact.map(\.name)
         if let clientToken { keys.append(LogKeys.direct(clientToken)) }
         return keys
     }
@@ -37,7 +46,8 @@ public struct TopicFilter: Sendable, Equatable {
     /// `*` never matches direct messages.
     public func matches(topics: [String], client: String?) -> Bool {
         if let client {
-            return client == clientToken
+            guard let clientToken else { return false }
+            return client.bytesEqual(clientToken)
         }
         for topic in topics where matches(topic: topic) { return true }
         return false
@@ -45,8 +55,8 @@ public struct TopicFilter: Sendable, Equatable {
 
     /// Whether a single topic matches (exact, prefix, or `*`).
     public func matches(topic: String) -> Bool {
-        if matchesAll || exact.contains(topic) { return true }
-        for prefix in prefixes where topic.hasPrefix(prefix) { return true }
+        if matchesAll || exact.contains(TopicKey(topic)) { return true }
+        for prefix in prefixes where topic.bytesHavePrefix(prefix) { return true }
         return false
     }
 }

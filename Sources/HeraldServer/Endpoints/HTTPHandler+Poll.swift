@@ -10,7 +10,7 @@ extension HTTPHandler {
         let subscription = try parseSubscription(request)
         var timeoutSeconds = 25
         for (name, value) in try queryItems(request) where name == "timeout" {
-            guard let seconds = Int(value), (0...60).contains(seconds) else {
+            guard let seconds = HTTPNumber.parse(value, maximum: 60) else {
                 throw Problem(.badRequest, "timeout must be a whole number of seconds from 0 to 60, not '\(value.prefix(20))'")
             }
             timeoutSeconds = seconds

@@ -70,3 +70,33 @@ extension HTTPHandler {
             }
     }
 }
+
+extension HTTPHandler {
+    /// `DELETE /events?topic=T` (SPEC §16): clears T's retained event; `204`, or `404` when
+    /// it has none. Authorised like publishing (checked when the head arrived).
+    func clearRetained(context: ChannelHandlerContext, request: HTTPRequestHead) throws {
+        var topic: String?
+        for (name, value) in try queryItems(request) where name == "topic" {
+            if topic != nil { throw Problem(.badRequest, "give one 'topic' whose retained event to clear, not several") }
+            do { try TopicRules.validate(topic: value, forSubscription: false) } catch { throw Problem(.badRequest, "topic: \(error.detail)") }
+            topic = value
+        }
+        guard let topic else {
+            throw Problem(.badRequest, "name the topic whose retained event to clear: DELETE /events?topic=NAME")
+        }
+        let origin = request.headers.first(name: "origin")
+        server.hub.clearRetained(topic: topic, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(true):
+                self.respond(context: context, request: request, status: .noContent,
+                             headers: self.server.corsHeaders(origin: origin, scope: .restricted), body: nil)
+            case .success(false):
+                self.sendProblem(Problem(.notFound, "topic '\(topic.prefix(200))' has no retained event"), context: context, request: request)
+            case .failure(let error):
+                self.server.logger.error("clearing a retained event failed", metadata: ["error": "\(error)"])
+                self.sendProblem(Problem(.serviceUnavailable, "the store could not clear the retained event; retry",
+                                         headers: [("Retry-After", "1")]), context: context, request: request)
+            }
+        }
+    }
+}

@@ -30,7 +30,7 @@ extension HTTPHandler {
         var headers: [(String, String)] = [
             ("Content-Type", entry.contentType),
             ("ETag", etag),
-            ("Last-Modified", WallClock.httpDate(secondsSince1970: entry.modified)),
+            ("Last-Modified", HTTPDate.format(secondsSince1970: entry.modified)),
             ("Cache-Control", "no-cache"),
         ]
         if entry.gzipped != nil { headers.append(("Vary", "Accept-Encoding")) }
@@ -39,7 +39,74 @@ extension HTTPHandler {
             return
         }
         if wantsGzip { headers.append(("Content-Encoding", "gzip")) }
-        respond(context: context, request: request, status: .ok, headers: headers, body: wantsGzip ? entry.gzipped! : entry.body)
+        if let body = entry.body {
+            respond(context: context, request: request, status: .ok, headers: headers, body: wantsGzip ? entry.gzipped! : body)
+        } else {
+            streamFile(entry, headers: headers, context: context, request: request)
+        }
+    }
+
+    /// Slice size for files streamed from disk.
+    static let fileSliceBytes = 64 * 1024
+
+    /// Sends a large file from disk: one slice read on the file thread pool at a time, the
+    /// next one only once the socket has taken the last, so a download holds one slice of
+    /// memory whatever the file's size and however slowly the client reads (SPEC §16).
+    private func streamFile(_ entry: StaticFiles.Entry, headers: [(String, String)], context: ChannelHandlerContext,
+                            request: HTTPRequestHead) {
+        let pool = server.fileThreadPool
+        let allocator = context.channel.allocator
+        pool.runIfActive(eventLoop: context.eventLoop) { () throws -> FileSlices in
+            try FileSlices(path: entry.path)
+        }.assumeIsolated().whenComplete { result in
+            guard case .success(let file) = result else {
+                self.sendProblem(Problem(.notFound, "no file at \(request.uri.prefix(200))"), context: context, request: request)
+                return
+            }
+            guard let keepAlive = self.writeHead(context: context, request: request, status: .ok, headers: headers,
+                                                 contentLength: entry.size, close: false) else {
+                pool.submit { _ in file.close() }
+                return
+            }
+            if request.method == .HEAD || entry.size == 0 {
+                pool.submit { _ in file.close() }
+                self.finishResponse(context: context, keepAlive: keepAlive)
+                return
+            }
+            self.sendSlice(of: file, offset: 0, size: entry.size, keepAlive: keepAlive, allocator: allocator, context: context)
+        }
+    }
+
+    private func sendSlice(of file: FileSlices, offset: Int, size: Int, keepAlive: Bool, allocator: ByteBufferAllocator,
+                           context: ChannelHandlerContext) {
+        let pool = server.fileThreadPool
+        let length = min(Self.fileSliceBytes, size - offset)
+        pool.runIfActive(eventLoop: context.eventLoop) {
+            try file.read(at: offset, length: length, allocator: allocator)
+        }.assumeIsolated().whenComplete { result in
+            guard case .success(let slice) = result, slice.readableBytes == length, context.channel.isActive else {
+                // Unreadable, shrunk under us, or the client left: the promised length can
+                // no longer be met, so the connection ends here.
+                pool.submit { _ in file.close() }
+                self.state = .closing
+                context.close(promise: nil)
+                return
+            }
+            let next = offset + length
+            let written = context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(slice))))
+            if next >= size {
+                pool.submit { _ in file.close() }
+                self.finishResponse(context: context, keepAlive: keepAlive)
+                return
+            }
+            written.assumeIsolated().whenComplete { result in
+                guard case .success = result else {
+                    pool.submit { _ in file.close() }
+                    return
+                }
+                self.sendSlice(of: file, offset: next, size: size, keepAlive: keepAlive, allocator: allocator, context: context)
+            }
+        }
     }
 
     /// `If-None-Match` (weak comparison) wins; `If-Modified-Since` counts only without it.
@@ -54,7 +121,7 @@ extension HTTPHandler {
             let plain = ours.replacingOccurrences(of: "-gz\"", with: "\"")
             return noneMatch.contains { $0.trimmingSpaces() == "*" || opaque($0) == ours || opaque($0) == Substring(plain) }
         }
-        if let since = request.headers.first(name: "if-modified-since"), let date = WallClock.parseHTTPDate(since) {
+        if let since = request.headers.first(name: "if-modified-since"), let date = HTTPDate.parse(since) {
             return modified <= date
         }
         return false

@@ -37,7 +37,7 @@ extension HTTPHandler {
                 default: throw Problem(.badRequest, "padding must be 1/true or 0/false, not '\(value.prefix(20))'")
                 }
             case "evs_preamble":
-                let asked = Int(value) ?? 2048
+                let asked = HTTPNumber.parse(value).map { min($0, 65_536) } ?? 2048
                 paddingBytes = max(paddingBytes ?? 0, 2048, min(asked, 65_536))
             default:
                 continue
@@ -60,10 +60,7 @@ extension HTTPHandler {
     /// Counts one more open stream or waiting poll against `--max-connections` (503 when full).
     func acquireConnectionSlot() throws {
         let hub = server.hub
-        guard let limit = configuration.maxConnections else {
-            hub.openStreams.wrappingIncrement(ordering: .relaxed)
-            return
-        }
+        let limit = server.maxConnections
         if hub.openStreams.wrappingIncrementThenLoad(ordering: .relaxed) > limit {
             hub.openStreams.wrappingDecrement(ordering: .relaxed)
             throw Problem(.serviceUnavailable, "the server holds its maximum of \(limit) streams; retry later",
@@ -125,6 +122,11 @@ extension HTTPHandler {
         }
         if let handler = try? operations.context(handlerType: HTTPHandler.self) {
             operations.removeHandler(context: handler, promise: nil)
+        }
+        // A stream has its own slow-consumer rule (it is closed, not paused) and must keep
+        // reading to notice the peer closing.
+        if let backPressure = try? operations.context(handlerType: BackPressureHandler.self) {
+            operations.removeHandler(context: backPressure, promise: nil)
         }
     }
 

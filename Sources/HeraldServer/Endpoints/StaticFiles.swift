@@ -1,17 +1,24 @@
 import CompressNIO
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import HeraldCore
 import NIOConcurrencyHelpers
 import NIOCore
 
 /// Static files under `--public` (SPEC §5): safe path mapping, content types, validators,
-/// and gzip for compressible types. Files are read on a thread pool, never on an event loop,
-/// and small files are cached (with their gzip form) until their size or mtime changes.
+/// and gzip for compressible types. Files are read on a thread pool, never on an event loop.
+/// Small files are held in memory (with their gzip form) until their size or mtime changes;
+/// larger ones are streamed from disk in slices paced by the client (SPEC §16), so memory
+/// per download does not grow with the file.
 final class StaticFiles: Sendable {
     let root: String
 
     struct Entry: Sendable {
-        var body: ByteBuffer
+        /// The file's bytes when it is small enough to hold; nil: stream it from `path`.
+        var body: ByteBuffer?
+        var path: String
         var gzipped: ByteBuffer?
         var contentType: String
         var etag: String
@@ -27,8 +34,11 @@ final class StaticFiles: Sendable {
     }
 
     private let cache = NIOLockedValueBox<[String: Entry]>([:])
-    private static let cacheLimitBytes = 1 << 20
-    private static let cacheEntries = 512
+    /// Files up to this size are read whole (and cached); larger ones are streamed.
+    static let inMemoryLimitBytes = 256 * 1024
+    /// Bytes of file contents the cache may hold in all.
+    private static let cacheBudgetBytes = 16 << 20
+    private let cachedBytes = NIOLockedValueBox(0)
 
     init(root: String) {
         self.root = root
@@ -49,12 +59,16 @@ final class StaticFiles: Sendable {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: candidate.path, isDirectory: &isDirectory) else { return .notFound }
         if isDirectory.boolValue {
-            if !decoded.hasSuffix("/") {
-                return .redirect(rawPath + "/")
-            }
+            // A directory without an index is not found, with or without its slash.
             candidate.appendPathComponent("index.html")
             guard FileManager.default.fileExists(atPath: candidate.path, isDirectory: &isDirectory), !isDirectory.boolValue else {
                 return .notFound
+            }
+            if !decoded.hasSuffix("/") {
+                // Built from the normalised segments: `//evil.example/x` must never become
+                // a `Location` that a browser reads as another host.
+                let segments = rawPath.split(separator: "/", omittingEmptySubsequences: true)
+                return .redirect("/" + segments.joined(separator: "/") + "/")
             }
         }
         let resolved = candidate.resolvingSymlinksInPath().path
@@ -72,25 +86,36 @@ final class StaticFiles: Sendable {
         if let cached = cache.withLockedValue({ $0[path] }), cached.size == size, cached.modifiedNanoseconds == nanos {
             return .file(cached)
         }
-        guard let data = FileManager.default.contents(atPath: path) else { return .notFound }
+        let type = Self.contentType(forExtension: (path as NSString).pathExtension.lowercased())
+        var entry = Entry(
+            body: nil, path: path, gzipped: nil, contentType: type,
+            etag: "\"\(String(size, radix: 16))-\(String(nanos, radix: 16))\"",
+            modified: Int64(date.timeIntervalSince1970), size: size, modifiedNanoseconds: nanos)
+        guard size <= Self.inMemoryLimitBytes else { return .file(entry) }
+        guard let data = FileManager.default.contents(atPath: path), data.count <= Self.inMemoryLimitBytes else {
+            return .notFound
+        }
         var body = ByteBuffer()
         body.writeBytes(data)
-        let type = Self.contentType(forExtension: (path as NSString).pathExtension.lowercased())
-        var gzipped: ByteBuffer?
+        entry.body = body
+        entry.size = data.count
         if Self.isCompressible(type), data.count >= 256 {
             var input = body
             if let compressed = try? input.compress(with: .gzip()), compressed.readableBytes < data.count {
-                gzipped = compressed
+                entry.gzipped = compressed
             }
         }
-        let entry = Entry(
-            body: body, gzipped: gzipped, contentType: type,
-            etag: "\"\(String(size, radix: 16))-\(String(nanos, radix: 16))\"",
-            modified: Int64(date.timeIntervalSince1970), size: size, modifiedNanoseconds: nanos)
-        if data.count <= Self.cacheLimitBytes {
-            cache.withLockedValue { cache in
-                if cache.count >= Self.cacheEntries { cache.removeAll() }
-                cache[path] = entry
+        let held = data.count + (entry.gzipped?.readableBytes ?? 0)
+        cache.withLockedValue { cache in
+            cachedBytes.withLockedValue { total in
+                if total + held > Self.cacheBudgetBytes {
+                    cache.removeAll()
+                    total = 0
+                }
+                if let old = cache.updateValue(entry, forKey: path) {
+                    total -= (old.body?.readableBytes ?? 0) + (old.gzipped?.readableBytes ?? 0)
+                }
+                total += held
             }
         }
         return .file(entry)
@@ -125,5 +150,34 @@ final class StaticFiles: Sendable {
         case "pdf": return "application/pdf"
         default: return "application/octet-stream"
         }
+    }
+}
+
+/// An open file read in slices with `pread` (on the file thread pool; never on an event loop).
+final class FileSlices: Sendable {
+    private let descriptor: Int32
+
+    init(path: String) throws {
+        let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "open") }
+        self.descriptor = descriptor
+    }
+
+    func read(at offset: Int, length: Int, allocator: ByteBufferAllocator) throws -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: length)
+        var total = 0
+        while total < length {
+            let count = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length - total) { pointer in
+                let result = pread(descriptor, pointer.baseAddress, length - total, off_t(offset + total))
+                return result > 0 ? result : 0
+            }
+            if count == 0 { break }
+            total += count
+        }
+        return buffer
+    }
+
+    func close() {
+        _ = Glibc.close(descriptor)
     }
 }

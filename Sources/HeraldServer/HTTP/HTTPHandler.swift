@@ -19,9 +19,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case idle
         /// Reading a request's body.
         case receiving
-        /// Reading (and dropping) a body whose answer is already decided.
-        case discarding
-        /// The request is complete; its answer is being produced.
+        /// The request's answer is being produced (its body, if it has one that this route
+        /// does not take, is being dropped as it arrives).
         case answering
         /// The connection is an event stream now; this handler is on its way out.
         case streaming
@@ -33,8 +32,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     var request: HTTPRequestHead?
     var route = Route.unknownAPI
     var body: ByteBuffer?
-    /// The answer decided before the body was read (auth failure, size), sent at its end.
-    var earlyProblem: Problem?
+    /// The request announced a body that is not wanted: its bytes are dropped as they
+    /// arrive, and the connection closes after the answer (where the body ends is not
+    /// worth reading to find out).
+    var discardingBody = false
     /// Garbage that followed a request whose answer is still being produced: that answer
     /// goes out first, then this one, then the connection closes.
     var problemAfterAnswer: Problem?
@@ -84,7 +85,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func armBodyTimer(context: ChannelHandlerContext) {
         headTimer?.cancel()
         headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestBodyTimeout) { [weak self] in
-            guard let self, self.state == .receiving || self.state == .discarding else { return }
+            guard let self, self.state == .receiving || self.discardingBody else { return }
             self.sendRawProblemAndClose(
                 Problem(.requestTimeout, "the request body did not arrive within \(self.configuration.requestBodyTimeout.nanoseconds / 1_000_000_000) s"),
                 context: context)
@@ -166,10 +167,11 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             beginRequest(head, context: context)
         case .body(var chunk):
             switch state {
-            case .receiving:
+            case .receiving where !discardingBody:
                 if (body?.readableBytes ?? 0) + chunk.readableBytes > configuration.maxBodyBytes {
                     body = nil
-                    state = .discarding
+                    discardingBody = true
+                    state = .answering
                     sendProblem(
                         Problem(.payloadTooLarge, "the body is larger than --max-body-bytes (\(configuration.maxBodyBytes) bytes)",
                                 closeConnection: true),
@@ -190,59 +192,67 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 state = .answering
                 headTimer?.cancel()
                 headTimer = nil
-                if let problem = earlyProblem {
-                    sendProblem(problem, context: context, request: request)
-                } else {
-                    dispatch(context: context)
-                }
-            case .discarding:
-                headTimer?.cancel()
-                headTimer = nil
-                if let problem = earlyProblem {
-                    state = .answering
-                    sendProblem(problem, context: context, request: request)
-                }
+                dispatch(context: context)
             default:
                 break
             }
         }
     }
 
+    /// Decides from the head alone what happens to the request (SPEC §16): refusals
+    /// (too long, unauthorised, too large) and requests to routes that take no body are
+    /// answered at once, without reading a body; only a publish body is buffered.
     private func beginRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         request = head
         body = nil
-        earlyProblem = nil
+        discardingBody = false
         state = .receiving
         let uri = head.uri
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
         route = Route(path: path)
+        let lengthHeader = head.headers.first(name: "content-length")
+        let length = lengthHeader.flatMap { HTTPNumber.parse($0) }
+        let announcesBody = (length ?? 0) > 0 || lengthHeader.map({ HTTPNumber.parse($0) == nil }) == true
+            || head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased().contains("chunked") }
+
+        func answerNow(_ problem: Problem?) {
+            // Whatever body follows is dropped unread, and the connection closes after the
+            // answer if there is one.
+            discardingBody = announcesBody
+            state = .answering
+            if announcesBody { armBodyTimer(context: context) }
+            if let problem {
+                var problem = problem
+                problem.closeConnection = problem.closeConnection || announcesBody
+                sendProblem(problem, context: context, request: head)
+            } else {
+                dispatch(context: context)
+            }
+        }
+
         if uri.utf8.count > 8192 {
             // Answer now and close, whatever body may follow (waiting for it would let a
             // client that never sends it hold the connection).
-            state = .discarding
-            sendProblem(Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true),
-                        context: context, request: head)
+            answerNow(Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true))
             return
         }
-        if head.method != .OPTIONS && route.requiresPublisher(head.method) {
-            if let problem = authorize(head, context: context) {
-                earlyProblem = problem
-                state = .discarding
-            }
+        if head.method != .OPTIONS && route.requiresPublisher(head.method), let problem = authorize(head, context: context) {
+            answerNow(problem)
+            return
         }
-        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > configuration.maxBodyBytes {
+        if announcesBody && !route.takesBody(head.method) {
+            // Only publishing takes a body: anything else is answered from its head.
+            answerNow(nil)
+            return
+        }
+        if let length, length > configuration.maxBodyBytes {
             // Answer now and close: reading a body we will refuse only wastes time.
-            state = .discarding
-            sendProblem(
-                Problem(.payloadTooLarge, "the body is \(length) bytes; --max-body-bytes allows \(configuration.maxBodyBytes)",
-                        closeConnection: true),
-                context: context, request: head)
+            answerNow(Problem(.payloadTooLarge, "the body is \(length) bytes; --max-body-bytes allows \(configuration.maxBodyBytes)",
+                              closeConnection: true))
             return
         }
-        let hasBody = (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
-            || head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased().contains("chunked") }
-        if hasBody { armBodyTimer(context: context) }
-        if earlyProblem == nil, head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+        if announcesBody { armBodyTimer(context: context) }
+        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
         }
     }
@@ -251,8 +261,19 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func authorize(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> Problem? {
         let keys = configuration.publishKeys
         if keys.isEmpty {
-            if PeerAddress.isLoopback(context.channel.remoteAddress) { return nil }
-            return Problem(.forbidden, "publishing is limited to loopback clients because no --publish-key is set")
+            guard PeerAddress.isLoopback(context.channel.remoteAddress) else {
+                return Problem(.forbidden, "publishing is limited to loopback clients because no --publish-key is set")
+            }
+            // Loopback is not enough: a web page in a browser on this machine is a loopback
+            // peer too (SPEC §16).
+            let hosts = head.headers[canonicalForm: "host"]
+            if hosts.count > 1 { return Problem(.badRequest, "the request has more than one Host header") }
+            if let refusal = LocalPublishGuard.refusal(
+                host: hosts.first.map(String.init), origin: head.headers.first(name: "origin"),
+                fetchSite: head.headers.first(name: "sec-fetch-site"), explicitOrigins: server.explicitOrigins) {
+                return Problem(.forbidden, refusal)
+            }
+            return nil
         }
         let challenge = ("WWW-Authenticate", "Bearer realm=\"herald\"")
         guard let authorization = head.headers.first(name: "authorization") else {
@@ -295,6 +316,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             switch (route, method) {
             case (.events, .GET): try subscribe(context: context, request: request)
             case (.events, .POST): try publish(context: context, request: request, directTo: nil)
+            case (.events, .DELETE): try clearRetained(context: context, request: request)
             case (.clientEvents(let token), .POST):
                 try validateToken(token)
                 try publish(context: context, request: request, directTo: token)
@@ -338,7 +360,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !cors.isEmpty {
             headers += cors
             headers.append(("Access-Control-Allow-Methods", route.allowedMethods))
-            headers.append(("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Authorization, Content-Type, Idempotency-Key"))
+            headers.append(("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Authorization, Content-Type, Idempotency-Key, X-Requested-With"))
             headers.append(("Access-Control-Max-Age", "600"))
         }
         respond(context: context, request: request, status: .noContent, headers: headers, body: nil)
@@ -381,20 +403,36 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// request or `close` says otherwise.
     func respond(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus,
                  headers extra: [(String, String)], body: ByteBuffer?, close: Bool = false) {
-        guard !hasUnterminatedResponse, state != .closing, state != .streaming else { return }
-        let keepAlive = !close && (request?.isKeepAlive ?? false) && state != .discarding
+        guard let keepAlive = writeHead(context: context, request: request, status: status, headers: extra,
+                                        contentLength: body?.readableBytes ?? 0, close: close) else { return }
+        if let body, request?.method != .HEAD, status != .notModified, status != .noContent {
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        finishResponse(context: context, keepAlive: keepAlive)
+    }
+
+    /// Writes a response head (with `Content-Length` and, when the connection will not be
+    /// kept, `Connection: close`) and returns whether the connection is kept after it; nil
+    /// when no answer may be written now.
+    func writeHead(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus,
+                   headers extra: [(String, String)], contentLength: Int, close: Bool) -> Bool? {
+        guard !hasUnterminatedResponse, state != .closing, state != .streaming else { return nil }
+        let keepAlive = !close && (request?.isKeepAlive ?? false) && !discardingBody
         var headers = HTTPHeaders(extra)
         if status != .noContent && status != .notModified {
-            headers.replaceOrAdd(name: "Content-Length", value: String(body?.readableBytes ?? 0))
+            headers.replaceOrAdd(name: "Content-Length", value: String(contentLength))
         }
         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
         let version = request?.version ?? .http1_1
         hasUnterminatedResponse = true
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version.major == 1 && version.minor == 0 ? .http1_0 : .http1_1,
                                                              status: status, headers: headers))), promise: nil)
-        if let body, request?.method != .HEAD, status != .notModified, status != .noContent {
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        }
+        return keepAlive
+    }
+
+    /// Ends the response begun by ``writeHead(context:request:status:headers:contentLength:close:)``
+    /// and readies the connection for the next request or closes it.
+    func finishResponse(context: ChannelHandlerContext, keepAlive: Bool) {
         hasUnterminatedResponse = false
         state = keepAlive ? .idle : .closing
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))

@@ -43,7 +43,7 @@ enum Route: Equatable {
     /// The methods this route answers, for `Allow` and preflights.
     var allowedMethods: String {
         switch self {
-        case .events: return "GET, POST, OPTIONS"
+        case .events: return "GET, POST, DELETE, OPTIONS"
         case .poll, .clients: return "GET, OPTIONS"
         case .client: return "GET, DELETE, OPTIONS"
         case .clientEvents: return "POST, OPTIONS"
@@ -55,8 +55,16 @@ enum Route: Equatable {
     /// Whether a request needs publisher authorisation (SPEC §2, §3).
     func requiresPublisher(_ method: HTTPMethod) -> Bool {
         switch self {
-        case .events: return method == .POST
+        case .events: return method == .POST || method == .DELETE
         case .clients, .client, .clientEvents: return method != .OPTIONS
+        default: return false
+        }
+    }
+
+    /// Whether the route reads a request body: only publishing does (SPEC §16).
+    func takesBody(_ method: HTTPMethod) -> Bool {
+        switch self {
+        case .events, .clientEvents: return method == .POST
         default: return false
         }
     }
@@ -65,7 +73,7 @@ enum Route: Equatable {
     /// list answer only origins listed explicitly.
     func corsScope(_ method: HTTPMethod) -> CORSScope {
         switch self {
-        case .events: return method == .POST ? .restricted : .open
+        case .events: return method == .GET || method == .HEAD ? .open : .restricted
         case .poll: return .open
         case .clients, .client, .clientEvents: return .restricted
         default: return .none

@@ -14,6 +14,9 @@ final class ServerContext: Sendable {
     /// Explicitly listed origins (everything but `*`).
     let explicitOrigins: Set<String>
     let allowsAnyOrigin: Bool
+    /// Open streams and waiting polls allowed (SPEC §16: by default the open-file limit
+    /// minus a reserve, so publishers and /health still get a descriptor).
+    let maxConnections: Int
 
     init(configuration: HeraldConfiguration, hub: Hub, metrics: HeraldMetrics, fileThreadPool: NIOThreadPool) {
         self.configuration = configuration
@@ -24,6 +27,7 @@ final class ServerContext: Sendable {
         self.fileThreadPool = fileThreadPool
         self.explicitOrigins = Set(configuration.corsOrigins.filter { $0 != "*" })
         self.allowsAnyOrigin = configuration.corsOrigins.contains("*")
+        self.maxConnections = configuration.effectiveMaxConnections
     }
 
     /// The CORS response headers for a request from `origin` under `scope`.

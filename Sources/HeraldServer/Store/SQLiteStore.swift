@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import HeraldCore
 import Logging
 import NIOConcurrencyHelpers
@@ -26,6 +29,8 @@ final class SQLiteStore: @unchecked Sendable {
         var retain: Bool
         var idempotencyKey: String?
         var promise: EventLoopPromise<Void>
+        /// Not a publish: `DELETE /events?topic=T` clearing T's retained event.
+        var clearRetained: String? = nil
     }
 
     /// What the file held when it was opened.
@@ -51,6 +56,7 @@ final class SQLiteStore: @unchecked Sendable {
     private let loop: any EventLoop
     private let logger: Logger
     private let historyLimit: Int
+    private let retainedLimit: Int
     private let maxAgeMilliseconds: Int64?
     private let allocator = ByteBufferAllocator()
     private var writer: SQLiteConnection!
@@ -66,6 +72,10 @@ final class SQLiteStore: @unchecked Sendable {
     private var eventCount = 0
     private var floor: Int64 = 0
     private var nextPrune = NIODeadline.now()
+    /// A commit added retained rows: the next retention pass trims the table to the limit.
+    private var retainedGrew = false
+    /// The open descriptor holding the exclusive `flock` that keeps other processes out.
+    private var lockDescriptor: Int32 = -1
 
     /// Called on the writer's task, in commit order, once a group of batches is durable and
     /// before their publishers are answered: the hub makes them visible.
@@ -73,9 +83,10 @@ final class SQLiteStore: @unchecked Sendable {
     /// Called when pruning moves the start of the history, before the rows are deleted.
     var onFloorAdvanced: (@Sendable (Int64) -> Void)?
 
-    init(path: String, historyLimit: Int, maxAge: TimeAmount?, loop: any EventLoop, logger: Logger) {
+    init(path: String, historyLimit: Int, retainedLimit: Int, maxAge: TimeAmount?, loop: any EventLoop, logger: Logger) {
         self.path = path
         self.historyLimit = historyLimit
+        self.retainedLimit = max(1, retainedLimit)
         self.maxAgeMilliseconds = maxAge.map { $0.nanoseconds / 1_000_000 }
         self.loop = loop
         self.logger = logger
@@ -88,10 +99,13 @@ final class SQLiteStore: @unchecked Sendable {
     /// Opens (or creates) the file and reads what a restarting server needs.
     /// - Parameter freshStart: where a new file's id sequence starts after.
     func open(cacheCapacity: Int, freshStart: Int64) async throws -> Snapshot {
+        try lockFile()
         writerPool.start()
         readerPool.start()
         writer = try await SQLiteConnection.open(storage: .file(path: path), threadPool: writerPool, logger: logger, on: loop)
-        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=OFF"] {
+        // busy_timeout first: a backup tool holding a read lock makes a statement wait a
+        // little instead of failing at once with SQLITE_BUSY.
+        for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=OFF"] {
             _ = try await writer.query(pragma)
         }
         let mode = try await writer.query("PRAGMA journal_mode").first?.column("journal_mode")?.string
@@ -110,6 +124,7 @@ final class SQLiteStore: @unchecked Sendable {
             throw error
         }
         reader = try await SQLiteConnection.open(storage: .file(path: path), threadPool: readerPool, logger: logger, on: loop)
+        _ = try await reader.query("PRAGMA busy_timeout=5000")
         _ = try await reader.query("PRAGMA query_only=ON")
 
         var meta: [String: Int64] = [:]
@@ -125,7 +140,8 @@ final class SQLiteStore: @unchecked Sendable {
             [.integer(Int(floor)), .integer(cacheCapacity)])
         let recent = try recentRows.reversed().map(event(from:))
         var retained: [String: StoredEvent] = [:]
-        for row in try await writer.query("SELECT topic, id, topics, client, type, data, created FROM retained") {
+        for row in try await writer.query(
+            "SELECT topic, id, topics, client, type, data, created FROM retained ORDER BY id DESC LIMIT ?1", [.integer(retainedLimit)]) {
             guard let topic = row.column("topic")?.string else { continue }
             retained[topic] = try event(from: row)
         }
@@ -141,6 +157,24 @@ final class SQLiteStore: @unchecked Sendable {
         return Snapshot(lastID: lastID, floor: floor, recent: recent, eventCount: count, retained: retained, idempotency: keys)
     }
 
+    /// Takes an exclusive `flock` on the database file, so that a second Herald process on
+    /// the same file refuses to start (two writers would hand out the same ids and miss each
+    /// other's events). SQLite's own locks are POSIX record locks, which `flock` does not
+    /// touch on Linux, so this does not interfere with them; the lock goes with the process.
+    private func lockFile() throws {
+        let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else {
+            throw StoreError("cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            let reason = errno == EWOULDBLOCK ? "it is in use by another Herald process (a sqlite: store serves one process at a time; use postgres:// for several)"
+                : String(cString: strerror(errno))
+            Glibc.close(descriptor)
+            throw StoreError("cannot use \(path): \(reason)")
+        }
+        lockDescriptor = descriptor
+    }
+
     private static let schema = [
         """
         CREATE TABLE IF NOT EXISTS events(
@@ -154,6 +188,7 @@ final class SQLiteStore: @unchecked Sendable {
         """,
         "CREATE TABLE IF NOT EXISTS idempotency(key TEXT PRIMARY KEY, ids TEXT NOT NULL, newest INTEGER NOT NULL)",
         "CREATE INDEX IF NOT EXISTS idempotency_newest ON idempotency(newest)",
+        "CREATE INDEX IF NOT EXISTS retained_id ON retained(id)",
         "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     ]
 
@@ -220,11 +255,16 @@ final class SQLiteStore: @unchecked Sendable {
             _ = try await writer.query("BEGIN IMMEDIATE")
             var rows: [SQLiteData] = []
             var rowCount = 0
-            var retained: [String: StoredEvent] = [:]
+            // A topic's retained event after this group, or nil where the group cleared it.
+            var retained: [String: StoredEvent?] = [:]
             var keys: [SQLiteData] = []
             var keyCount = 0
             var lastID: Int64 = 0
             for batch in group {
+                if let topic = batch.clearRetained {
+                    retained[topic] = .some(nil)
+                    continue
+                }
                 for event in batch.events {
                     rows.append(contentsOf: row(for: event))
                     rowCount += 1
@@ -235,7 +275,7 @@ final class SQLiteStore: @unchecked Sendable {
                         rowCount = 0
                     }
                     if batch.retain && event.client == nil {
-                        for topic in event.topics { retained[topic] = event }
+                        for topic in event.topics { retained[topic] = .some(event) }
                     }
                 }
                 if let key = batch.idempotencyKey {
@@ -251,15 +291,24 @@ final class SQLiteStore: @unchecked Sendable {
             if !retained.isEmpty {
                 var values: [SQLiteData] = []
                 for (topic, event) in retained {
+                    guard let event else {
+                        _ = try await writer.query("DELETE FROM retained WHERE topic = ?1", [.text(topic)])
+                        continue
+                    }
                     values.append(.text(topic))
                     values.append(contentsOf: row(for: event))
                 }
-                try await insert("retained(topic, id, topics, client, type, data, created)", columns: 7, rows: values, replace: true)
+                if !values.isEmpty {
+                    try await insert("retained(topic, id, topics, client, type, data, created)", columns: 7, rows: values, replace: true)
+                    lock.withLock { retainedGrew = true }
+                }
             }
             if keyCount > 0 {
                 try await insert("idempotency(key, ids, newest)", columns: 3, rows: keys, replace: true)
             }
-            _ = try await writer.query("UPDATE meta SET value = ?1 WHERE name = 'last_id'", [.integer(Int(lastID))])
+            if lastID > 0 {
+                _ = try await writer.query("UPDATE meta SET value = ?1 WHERE name = 'last_id'", [.integer(Int(lastID))])
+            }
             _ = try await writer.query("COMMIT")
         } catch {
             _ = try? await writer.query("ROLLBACK")
@@ -309,8 +358,24 @@ final class SQLiteStore: @unchecked Sendable {
     /// Deletes one slice of events that are past the count or age limit. Returns true when
     /// it deleted something (there may be more).
     private func pruneStep() async -> Bool {
-        let (count, floor, due) = lock.withLock { (eventCount, self.floor, NIODeadline.now() >= nextPrune) }
+        let (count, floor, due, trimRetained) = lock.withLock {
+            let trim = retainedGrew && NIODeadline.now() >= nextPrune
+            if trim { retainedGrew = false }
+            return (eventCount, self.floor, NIODeadline.now() >= nextPrune, trim)
+        }
         guard due else { return false }
+        if trimRetained {
+            // At most --max-retained topics: the ones whose retained event is oldest go (the
+            // hub has dropped them from memory already).
+            do {
+                _ = try await writer.query(
+                    "DELETE FROM retained WHERE id < (SELECT id FROM retained ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                    [.integer(retainedLimit - 1)])
+            } catch {
+                logger.error("trimming retained events failed; will retry", metadata: ["error": "\(error)"])
+                lock.withLock { retainedGrew = true }
+            }
+        }
         do {
             var target = floor
             let excess = count - historyLimit
@@ -396,6 +461,10 @@ final class SQLiteStore: @unchecked Sendable {
         try? await writer?.close()
         try? await writerPool.shutdownGracefully()
         try? await readerPool.shutdownGracefully()
+        if lockDescriptor >= 0 {
+            Glibc.close(lockDescriptor)
+            lockDescriptor = -1
+        }
     }
 }
 

@@ -16,7 +16,7 @@ final class Hub: @unchecked Sendable {
     private let lock = NIOLock()
     private var ring: HistoryRing<StoredEvent>
     private var logs = KeyedLog<StoredEvent>()
-    private var retained: [String: StoredEvent] = [:]
+    private var retained: RetainedSet<StoredEvent>
     private var idempotency: [String: [Int64]] = [:]
     /// Keys in the order their events were published, with the newest id of each, so that
     /// a key is forgotten once all its events have left the history.
@@ -42,8 +42,9 @@ final class Hub: @unchecked Sendable {
     /// - Parameters:
     ///   - capacity: history capacity in events.
     ///   - startingAfter: the position the id sequence starts after.
-    init(capacity: Int, startingAfter: Int64, metrics: HeraldMetrics) {
+    init(capacity: Int, startingAfter: Int64, maxRetained: Int, metrics: HeraldMetrics) {
         self.ring = HistoryRing(capacity: capacity, startingAfter: startingAfter)
+        self.retained = RetainedSet(limit: max(1, maxRetained))
         self.assignedThrough = startingAfter
         self.metrics = metrics
     }
@@ -70,7 +71,10 @@ final class Hub: @unchecked Sendable {
             assignedThrough = snapshot.lastID
             self.store = store
             storeFloor = snapshot.floor
-            retained = snapshot.retained
+            retained = RetainedSet(limit: retained.limit)
+            for (topic, event) in snapshot.retained.sorted(by: { $0.value.id < $1.value.id }) {
+                retained.retain(event, topics: [topic])
+            }
             idempotency = [:]
             idempotencyOrder = []
             idempotencyOrderStart = 0
@@ -193,7 +197,7 @@ final class Hub: @unchecked Sendable {
             if let evicted = ring.append(event) { logs.evict(evicted, keys: evicted.logKeys) }
             logs.append(event, keys: event.logKeys)
             if retain && event.client == nil {
-                for topic in event.topics { retained[topic] = event }
+                retained.retain(event, topics: event.topics)
             }
         }
         if let idempotencyKey {
@@ -214,11 +218,33 @@ final class Hub: @unchecked Sendable {
         var count = 0
         lock.withLock {
             for batch in batches {
+                if let topic = batch.clearRetained {
+                    retained.remove(topic: topic)
+                    continue
+                }
                 makeVisibleLocked(batch.events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)
                 count += batch.events.count
             }
         }
-        announce(count: count)
+        if count > 0 { announce(count: count) }
+    }
+
+    /// `DELETE /events?topic=T` (SPEC §16): clears T's retained event. The future answers
+    /// false when T had none; with a durable store it completes once the deletion is
+    /// committed (in order with publishes, so a retain published before it stays cleared).
+    func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Bool> {
+        let queued: EventLoopFuture<Void>? = lock.withLock {
+            guard retained.entry(for: topic) != nil else { return nil }
+            guard let store else {
+                retained.remove(topic: topic)
+                return loop.makeSucceededVoidFuture()
+            }
+            let promise = loop.makePromise(of: Void.self)
+            store.enqueue(SQLiteStore.PendingBatch(events: [], retain: false, idempotencyKey: nil, promise: promise, clearRetained: topic))
+            return promise.futureResult
+        }
+        guard let queued else { return loop.makeSucceededFuture(false) }
+        return queued.map { true }
     }
 
     /// The store is about to delete ids up to `floor`: streams stop resuming into them.
@@ -281,12 +307,13 @@ final class Hub: @unchecked Sendable {
 
     /// How a new stream begins.
     enum Opening {
-        /// No Last-Event-ID: the retained events of its topics.
-        case fresh(retained: [StoredEvent])
+        /// No Last-Event-ID: the retained events of its topics (read with
+        /// ``retainedBatch(after:through:filter:maxBytes:maxEvents:maxScan:)``).
+        case fresh
         /// A resumable Last-Event-ID: replay what came after it.
         case resume(after: Int64)
         /// Any other Last-Event-ID: `herald.reset`, then the retained events.
-        case reset(ResetReason, retained: [StoredEvent])
+        case reset(ResetReason)
     }
 
     /// Under one lock: what the shard has not delivered yet, and how a new stream on it
@@ -295,14 +322,12 @@ final class Hub: @unchecked Sendable {
     func openStream(shardPosition: Int64, lastEventID: String?, filter: TopicFilter) -> (Pending, Opening) {
         lock.withLock {
             let pending = pendingLocked(after: shardPosition)
-            guard let lastEventID else {
-                return (pending, .fresh(retained: retainedLocked(for: filter, through: pending.newest)))
-            }
+            guard let lastEventID else { return (pending, .fresh) }
             switch ring.resumeDecision(for: lastEventID, floor: store == nil ? nil : storeFloor) {
             case .resume(let after):
                 return (pending, .resume(after: after))
             case .reset(let reason):
-                return (pending, .reset(reason, retained: retainedLocked(for: filter, through: pending.newest)))
+                return (pending, .reset(reason))
             }
         }
     }
@@ -365,24 +390,36 @@ final class Hub: @unchecked Sendable {
         }
     }
 
-    /// The retained events matching `filter` with ids up to `through`, in id order.
-    func retainedEvents(for filter: TopicFilter, through: Int64) -> [StoredEvent] {
-        lock.withLock { retainedLocked(for: filter, through: through) }
+    /// One slice of the retained events matching `filter` with `after < id <= through`, in
+    /// id order, bounded like a replay slice so that neither the lock nor the event loop is
+    /// held for long (a `*` subscriber of 100 000 retained topics reads them in many slices,
+    /// paced by its socket). `position` is where the next slice starts; `finished` says
+    /// there is none.
+    func retainedBatch(after: Int64, through: Int64, filter: TopicFilter, maxBytes: Int, maxEvents: Int, maxScan: Int)
+        -> (events: [StoredEvent], position: Int64, finished: Bool)
+    {
+        lock.withLock {
+            if retained.isEmpty { return ([], through, true) }
+            if filter.isExactOnly {
+                var events = retained.entries(forExact: filter.exact.map(\.name), after: after, through: through)
+                var bytes = 0
+                for (index, event) in events.enumerated() {
+                    bytes += event.chunked.readableBytes
+                    if (bytes >= maxBytes || index + 1 >= maxEvents) && index + 1 < events.count {
+                        events.removeSubrange((index + 1)...)
+                        return (events, event.id, false)
+                    }
+                }
+                return (events, through, true)
+            }
+            let slice = retained.slice(
+                after: after, through: through, maxEntries: maxEvents, maxScan: maxScan, maxWeight: maxBytes,
+                weight: { $0.chunked.readableBytes }, matches: { filter.matches(topic: $0) })
+            return (slice.entries, slice.position, slice.finished)
+        }
     }
 
-    private func retainedLocked(for filter: TopicFilter, through: Int64) -> [StoredEvent] {
-        var chosen: [Int64: StoredEvent] = [:]
-        if filter.matchesAll || !filter.prefixes.isEmpty {
-            for (topic, event) in retained where event.id <= through && filter.matches(topic: topic) {
-                chosen[event.id] = event
-            }
-        } else {
-            for topic in filter.exact {
-                if let event = retained[topic], event.id <= through { chosen[event.id] = event }
-            }
-        }
-        return chosen.values.sorted { $0.id < $1.id }
-    }
+    var retainedCount: Int { lock.withLock { retained.count } }
 
     /// Counts for `/metrics` and `/health`.
     var historySize: Int { store?.storedEventCount ?? lock.withLock { ring.count } }

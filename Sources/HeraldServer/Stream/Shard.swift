@@ -158,51 +158,108 @@ final class Shard: @unchecked Sendable {
         apply(pending)
         let waiter = PollWaiter(filter: request.filter, cursor: deliveredThrough, completion: completion)
         switch opening {
-        case .fresh(let retained):
-            if !retained.isEmpty {
-                waiter.finish(Array(retained.prefix(PollWaiter.maxEvents)), lastEventID: deliveredThrough, reset: false)
-                return waiter
+        case .fresh:
+            let through = deliveredThrough
+            collectRetained(for: waiter, through: through, after: .min) { retained in
+                if !retained.isEmpty {
+                    waiter.finish(retained, lastEventID: through, reset: false)
+                } else {
+                    self.wait(waiter, timeout: request.timeout)
+                }
             }
         case .resume(let after):
             hub.metrics.replays.increment()
-            let batch = hub.replayBatch(
-                after: after, through: deliveredThrough, filter: request.filter,
-                maxBytes: Int.max, maxEvents: PollWaiter.maxEvents, maxScan: Int.max)
-            if let storeThrough = batch.fromStoreThrough, let store = hub.store {
-                // Older than the ring: answer from the store with what matches in the next
-                // slice (possibly nothing, with the position reached, so the client goes on).
-                readStore(store, after: after, through: storeThrough, limit: PollWaiter.maxEvents, filter: request.filter) { result in
-                    switch result {
-                    case .failure:
-                        waiter.finish([], lastEventID: after, reset: false)
-                    case .success(.truncated):
-                        waiter.finish(self.hub.retainedEvents(for: request.filter, through: self.deliveredThrough), lastEventID: self.deliveredThrough, reset: true)
-                    case .success(.slice(let matching, let reached)):
-                        waiter.finish(matching, lastEventID: reached, reset: false)
-                    }
-                }
-                return waiter
-            }
-            if !batch.events.isEmpty {
-                waiter.finish(batch.events, lastEventID: batch.position, reset: false)
-                return waiter
-            }
-        case .reset(_, let retained):
+            scanForPoll(waiter, after: after, timeout: request.timeout)
+        case .reset:
             hub.metrics.resets.increment()
-            waiter.finish(Array(retained.prefix(PollWaiter.maxEvents)), lastEventID: deliveredThrough, reset: true)
-            return waiter
+            let through = deliveredThrough
+            collectRetained(for: waiter, through: through, after: .min) { retained in
+                waiter.finish(retained, lastEventID: through, reset: true)
+            }
         }
-        if request.timeout <= .zero {
+        return waiter
+    }
+
+    /// The retained events matching a poll (up to ``PollWaiter/maxEvents``), read in bounded
+    /// slices; between slices the loop serves others and the hub's lock is free.
+    private func collectRetained(for waiter: PollWaiter, through: Int64, after: Int64, collected: [StoredEvent] = [],
+                                 _ completion: @escaping ([StoredEvent]) -> Void) {
+        guard !waiter.isDone else { return }
+        let batch = hub.retainedBatch(
+            after: after, through: through, filter: waiter.filter, maxBytes: .max,
+            maxEvents: PollWaiter.maxEvents - collected.count, maxScan: Self.replayBatchScan)
+        let all = collected + batch.events
+        if batch.finished || all.count >= PollWaiter.maxEvents {
+            completion(all)
+            return
+        }
+        eventLoop.assumeIsolated().execute {
+            self.collectRetained(for: waiter, through: through, after: batch.position, collected: all, completion)
+        }
+    }
+
+    /// A resuming poll: the events after `after` that match, read in bounded slices (from
+    /// the ring, or from a durable store when older); answers with the first slice that has
+    /// any, or waits once it reaches the live position.
+    private func scanForPoll(_ waiter: PollWaiter, after: Int64, timeout: TimeAmount) {
+        guard !waiter.isDone else { return }
+        let batch = hub.replayBatch(
+            after: after, through: deliveredThrough, filter: waiter.filter,
+            maxBytes: .max, maxEvents: PollWaiter.maxEvents, maxScan: Self.replayBatchScan)
+        if batch.truncated {
+            hub.metrics.resets.increment()
+            let through = deliveredThrough
+            collectRetained(for: waiter, through: through, after: .min) { waiter.finish($0, lastEventID: through, reset: true) }
+            return
+        }
+        if let storeThrough = batch.fromStoreThrough, let store = hub.store {
+            // Older than the ring: answer from the store with what matches in the next slice
+            // (possibly nothing, with the position reached, so the client goes on).
+            readStore(store, after: after, through: storeThrough, limit: PollWaiter.maxEvents, filter: waiter.filter) { result in
+                switch result {
+                case .failure:
+                    waiter.finish([], lastEventID: after, reset: false)
+                case .success(.truncated):
+                    self.hub.metrics.resets.increment()
+                    let through = self.deliveredThrough
+                    self.collectRetained(for: waiter, through: through, after: .min) { waiter.finish($0, lastEventID: through, reset: true) }
+                case .success(.slice(let matching, let reached)):
+                    waiter.finish(matching, lastEventID: reached, reset: false)
+                }
+            }
+            return
+        }
+        if !batch.events.isEmpty {
+            waiter.finish(batch.events, lastEventID: batch.position, reset: false)
+            return
+        }
+        if batch.position < deliveredThrough {
+            // The scan limit was reached with nothing matching yet: go on after other work.
+            eventLoop.assumeIsolated().execute { self.scanForPoll(waiter, after: batch.position, timeout: timeout) }
+            return
+        }
+        waiter.cursor = max(waiter.cursor, batch.position)
+        wait(waiter, timeout: timeout)
+    }
+
+    /// Parks a poll until a matching event is delivered or `timeout` passes.
+    private func wait(_ waiter: PollWaiter, timeout: TimeAmount) {
+        guard !waiter.isDone else { return }
+        if waiter.cursor < deliveredThrough {
+            // Events were delivered while this poll was being prepared over several ticks.
+            scanForPoll(waiter, after: waiter.cursor, timeout: timeout)
+            return
+        }
+        if timeout <= .zero {
             waiter.finish([], lastEventID: deliveredThrough, reset: false)
-            return waiter
+            return
         }
         let key = ObjectIdentifier(waiter)
         waiters[key] = waiter
-        waiter.timer = eventLoop.assumeIsolated().scheduleTask(in: request.timeout) {
+        waiter.timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) {
             self.waiters[key] = nil
             waiter.finish([], lastEventID: waiter.cursor, reset: false)
         }
-        return waiter
     }
 
     /// A waiting poll whose connection went away.
@@ -260,19 +317,21 @@ final class Shard: @unchecked Sendable {
             SSEEncoder.appendPadding(minimumBytes: padding, to: &preamble)
         }
         var resumed = false
-        var followUp: [StoredEvent] = []
         var resetReason: ResetReason?
         switch opening {
-        case .fresh(let retained):
-            followUp = retained
+        case .fresh:
+            // The retained events up to here first, paced like a replay.
+            stream.retainedPosition = .min
+            stream.replaying = true
         case .resume(let after):
             resumed = true
             stream.cursor = after
             stream.replaying = after < deliveredThrough
             hub.metrics.replays.increment()
-        case .reset(let reason, let retained):
+        case .reset(let reason):
             resetReason = reason
-            followUp = retained
+            stream.retainedPosition = .min
+            stream.replaying = true
             hub.metrics.resets.increment()
         }
         appendHello(token: request.token, topics: request.topics, resumed: resumed, to: &preamble)
@@ -297,10 +356,6 @@ final class Shard: @unchecked Sendable {
 
         stream.write(request.head)
         stream.write(WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator))
-        for event in followUp {
-            stream.write(event.wire(chunked: request.chunked))
-            stream.lastSentID = event.id
-        }
         if stream.replaying {
             continueReplay(stream)
         } else {
@@ -314,6 +369,10 @@ final class Shard: @unchecked Sendable {
     private func continueReplay(_ stream: StreamConnection) {
         eventLoop.assertInEventLoop()
         guard stream.replaying, !stream.closed else { return }
+        if let retainedPosition = stream.retainedPosition {
+            continueRetained(stream, after: retainedPosition)
+            return
+        }
         let batch = hub.replayBatch(
             after: stream.cursor, through: deliveredThrough, filter: stream.filter,
             maxBytes: Self.replayBatchBytes, maxEvents: Self.replayBatchEvents, maxScan: Self.replayBatchScan)
@@ -363,21 +422,62 @@ final class Shard: @unchecked Sendable {
             }
     }
 
+    /// The retained phase of a stream's start (no Last-Event-ID, or after a reset): the
+    /// retained events with ids up to `stream.cursor`, in slices paced by the socket like a
+    /// replay, so that a `*` subscriber of many retained topics costs neither a long hold of
+    /// the hub's lock nor memory for all of them at once. Then the stream replays what was
+    /// published meanwhile and goes live.
+    private func continueRetained(_ stream: StreamConnection, after: Int64) {
+        let batch = hub.retainedBatch(
+            after: after, through: stream.cursor, filter: stream.filter,
+            maxBytes: Self.replayBatchBytes, maxEvents: Self.replayBatchEvents, maxScan: Self.replayBatchScan)
+        var bytes: Int64 = 0
+        for event in batch.events {
+            let wire = event.wire(chunked: stream.chunked)
+            stream.write(wire)
+            bytes += Int64(wire.readableBytes)
+            stream.lastSentID = max(stream.lastSentID ?? event.id, event.id)
+        }
+        hub.metrics.bytesSent.increment(by: bytes)
+        if batch.finished {
+            stream.retainedPosition = nil
+            if stream.cursor >= deliveredThrough {
+                stream.replaying = false
+                stream.flush()
+                if !batch.events.isEmpty { markWritten(stream, at: .now()) }
+            } else {
+                pace(stream)
+            }
+            return
+        }
+        stream.retainedPosition = batch.position
+        if batch.events.isEmpty {
+            eventLoop.assumeIsolated().execute { self.continueReplay(stream) }
+        } else {
+            pace(stream)
+        }
+    }
+
+    /// Flushes and continues the stream's replay once the socket has taken what was written.
+    private func pace(_ stream: StreamConnection) {
+        let promise = eventLoop.makePromise(of: Void.self)
+        stream.write(channelEmptyBuffer, promise: promise)
+        stream.flush()
+        markWritten(stream, at: .now())
+        promise.futureResult.assumeIsolated().whenSuccess { self.continueReplay(stream) }
+    }
+
     /// The history moved past a replaying stream: it missed events it can no longer get,
-    /// so it is told to reload its state, as on connect.
+    /// so it is told to reload its state, as on connect: `herald.reset`, then the retained
+    /// events (paced), then live.
     private func truncateReplay(_ stream: StreamConnection) {
         var bytes: [UInt8] = []
         Self.appendReset(reason: .historyTruncated, lastEventID: String(stream.cursor), newest: deliveredThrough, to: &bytes)
         stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
-        for event in hub.retainedEvents(for: stream.filter, through: deliveredThrough) {
-            stream.write(event.wire(chunked: stream.chunked))
-            stream.lastSentID = event.id
-        }
         hub.metrics.resets.increment()
         stream.cursor = deliveredThrough
-        stream.replaying = false
-        stream.flush()
-        markWritten(stream, at: .now())
+        stream.retainedPosition = .min
+        continueReplay(stream)
     }
 
     private func sendReplay(_ stream: StreamConnection, events: [StoredEvent], reachedPosition: Int64) {
@@ -403,11 +503,7 @@ final class Shard: @unchecked Sendable {
             eventLoop.assumeIsolated().execute { self.continueReplay(stream) }
             return
         }
-        let promise = eventLoop.makePromise(of: Void.self)
-        stream.write(channelEmptyBuffer, promise: promise)
-        stream.flush()
-        markWritten(stream, at: .now())
-        promise.futureResult.assumeIsolated().whenSuccess { self.continueReplay(stream) }
+        pace(stream)
     }
 
     private func appendHello(token: String, topics: [String], resumed: Bool, to bytes: inout [UInt8]) {

@@ -35,6 +35,9 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// While true the stream is catching up from history, paced by the socket, and live
     /// delivery leaves it alone.
     var replaying = false
+    /// While replaying: set during the retained phase of a stream's start (the retained
+    /// events come first, up to `cursor`), to the position reached among them.
+    var retainedPosition: Int64?
     var closed = false
     /// Whether the stream is in the shard's list of streams to flush after a batch.
     var awaitingFlush = false
