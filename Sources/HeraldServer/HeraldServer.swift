@@ -87,12 +87,11 @@ public final class HeraldServer: Service, Sendable {
         let maxQueuedBytes = max(1, configuration.maxQueuedBytes)
         do {
             channel = try await ServerBootstrap(group: group)
-                // Out of file descriptors (EMFILE/ENFILE) or kernel memory, `accept` fails
-                // while the listener stays readable: without a pause the loop would spin at
-                // 100 % CPU. Accepting pauses for 100 ms; open connections keep flowing.
+                // Out of file descriptors (EMFILE/ENFILE), `accept` fails while the listener
+                // stays readable: AcceptGovernor pauses accepting instead of spinning.
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(backoffProvider: Self.acceptBackoff))
+                        try channel.pipeline.syncOperations.addHandler(AcceptGovernor(logger: logger))
                     }
                 }
                 .serverChannelOption(.backlog, value: 4096)
@@ -217,14 +216,6 @@ public final class HeraldServer: Service, Sendable {
         let deadline = NIODeadline.now() + grace + .seconds(1)
         while hub.openStreams.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(20))
-        }
-    }
-
-    /// How long accepting pauses after an `accept` error that more accepting cannot fix.
-    @Sendable static func acceptBackoff(_ error: IOError) -> TimeAmount? {
-        switch error.errnoCode {
-        case EMFILE, ENFILE, ENOBUFS, ENOMEM: return .milliseconds(100)
-        default: return nil
         }
     }
 

@@ -124,4 +124,42 @@ struct PropertyTests {
             }
         }
     }
+
+    /// Fragments of HTTP header values: dates, numbers, hosts, signs and separators.
+    static let headerFragments: [[UInt8]] = [
+        "Sun", "Mon", "Sat", ",", " ", "06", "31", "29", "99", "00", "Nov", "Feb", "Dec", "1994", "2024", "-2147483648",
+        "2147483647", "99999999999999999999", "9223372036854775808", "-", "+", "0", "1", ":", "GMT", "UTC", "08", "49", "60",
+        "localhost", "127.0.0.1", "127", ".", "[", "]", "::1", "evil.example", "0x10", "1e9", "\t", "\0", "%", "é",
+    ].map { Array($0.utf8) } + [[0xFF], [0xC3]]
+
+    static var headerValues: Generator<String, some SendableSequenceType> {
+        Gen.frequency(
+            (6, Gen.element(of: headerFragments).map { $0 ?? [] }),
+            (1, Gen.uint8(in: 0...255).map { [$0] })
+        ).array(of: 0...12).map { String(decoding: $0.flatMap { $0 }, as: UTF8.self) }
+    }
+
+    @Test("HTTP dates, numbers and Host values: any text is parsed or refused without a trap; dates round-trip",
+          .timeLimit(.minutes(5)))
+    func headerParsers() async {
+        await propertyCheck(count: Self.count, input: Self.headerValues) { text in
+            if let seconds = HTTPDate.parse(text) {
+                // A date that parses formats back to the same text, weekday aside.
+                #expect(HTTPDate.format(secondsSince1970: seconds).dropFirst(3) == text.dropFirst(3))
+            }
+            if let number = HTTPNumber.parse(text) {
+                #expect(String(number) == text || text.hasPrefix("0"))
+            }
+            if let small = HTTPNumber.parse(text, maximum: 60) { #expect((0...60).contains(small)) }
+            if LocalPublishGuard.isLoopbackHost(text) {
+                let lowered = text.lowercased()
+                #expect(lowered.contains("localhost") || lowered.contains("127.") || lowered.contains("::1") || lowered.contains("0:0:0:0:0:0:0:1"))
+            }
+            _ = LocalPublishGuard.refusal(host: text, origin: text, fetchSite: text, explicitOrigins: ["https://a.example"])
+        }
+        // And every second of years 1..9999 round-trips through format and parse.
+        await propertyCheck(count: Self.count, input: Gen.int64(in: -62_135_596_800...253_402_300_799)) { seconds in
+            #expect(HTTPDate.parse(HTTPDate.format(secondsSince1970: seconds)) == seconds)
+        }
+    }
 }
