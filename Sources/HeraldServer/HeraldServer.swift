@@ -36,7 +36,11 @@ public final class HeraldServer: Service, Sendable {
         self.listening = group.next().makePromise(of: SocketAddress.self)
         self.metrics = HeraldMetrics()
         let start = Hub.memoryStoreStart(nowMicroseconds: WallClock.microsecondsSince1970())
-        self.hub = Hub(capacity: max(1, configuration.historyCapacity), startingAfter: start,
+        let store = makeEventStore(for: configuration, startingAfter: start, loop: group.next())
+        // With a durable store the ring is a cache of its newest events.
+        let ringCapacity = store.keepsHistoryBeyondCache
+            ? max(1, min(configuration.historyCapacity, configuration.cacheCapacity)) : max(1, configuration.historyCapacity)
+        self.hub = Hub(store: store, capacity: ringCapacity, startingAfter: start,
                        maxRetained: configuration.maxRetained, metrics: metrics)
         self.freshStart = start
         var shards: [Shard] = []
@@ -64,15 +68,18 @@ public final class HeraldServer: Service, Sendable {
     public func run() async throws {
         precondition(!started.exchange(true, ordering: .relaxed), "a HeraldServer runs once")
         let logger = configuration.logger
-        let store: SQLiteStore?
+        let store = hub.store
         do {
-            store = try await openStore()
+            try await openStore()
         } catch {
             listening.fail(error)
+            await store.close()
             try? await group.shutdownGracefully()
             throw error
         }
-        let retention = startRetention(store: store)
+        // The store's background work (a durable store's writer) runs beside the server.
+        let storeTask = Task { await store.run() }
+        let retention = startRetention()
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
         let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
@@ -126,7 +133,8 @@ public final class HeraldServer: Service, Sendable {
         } catch {
             listening.fail(error)
             retention?.cancel()
-            await store?.close()
+            await store.close()
+            await storeTask.value
             try? await fileThreadPool.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
@@ -154,50 +162,46 @@ public final class HeraldServer: Service, Sendable {
         demo?.stop()
         await closeStreams(logger: logger)
         retention?.cancel()
-        // Publishes still being written are committed (and answered) before the file closes.
-        await store?.close()
+        // Publishes still being written are committed (and answered) before the store closes.
+        await store.close()
+        await storeTask.value
         try? await fileThreadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }
 
-    /// Opens the durable store, if one is configured, and continues its history.
-    private func openStore() async throws -> SQLiteStore? {
-        guard case .sqlite(let path) = configuration.store else { return nil }
-        let store = SQLiteStore(
-            path: path, historyLimit: max(1, configuration.historyCapacity), retainedLimit: configuration.maxRetained,
-            maxAge: configuration.historyMaxAge,
-            loop: group.next(), logger: configuration.logger)
-        let hub = self.hub
-        store.onCommitted = { hub.committed($0) }
-        store.onFloorAdvanced = { hub.storeFloorAdvanced(to: $0) }
-        let cache = max(1, min(configuration.historyCapacity, configuration.cacheCapacity))
-        let snapshot: SQLiteStore.Snapshot
+    /// Opens the store and continues its history: the ring, the retained events and the
+    /// idempotency keys from its snapshot, the shards from its newest id.
+    private func openStore() async throws {
+        let store = hub.store
+        let cache = store.keepsHistoryBeyondCache
+            ? max(1, min(configuration.historyCapacity, configuration.cacheCapacity)) : max(1, configuration.historyCapacity)
+        let snapshot: StoreSnapshot
         do {
-            snapshot = try await store.open(cacheCapacity: cache, freshStart: freshStart)
+            snapshot = try await store.open(sink: hub, cacheCapacity: cache, freshStart: freshStart)
         } catch {
-            await store.close()
-            throw StoreError("cannot open the store \(path): \(error)")
+            throw StoreError("cannot open the store \(store.description): \(error)")
         }
-        let newest = hub.attach(store: store, snapshot: snapshot, cacheCapacity: cache)
+        guard store.keepsHistoryBeyondCache else { return }
+        let newest = hub.restore(snapshot, cacheCapacity: cache)
         for shard in hub.shards {
             try await shard.eventLoop.submit { shard.reposition(to: newest) }.get()
         }
         configuration.logger.info("store opened", metadata: [
-            "herald.store": "\(path)", "herald.events": "\(snapshot.eventCount)", "herald.newest": "\(newest)",
+            "herald.store": "\(store.description)", "herald.events": "\(snapshot.eventCount)", "herald.newest": "\(newest)",
         ])
-        return store
     }
 
-    /// Once a second: the durable store prunes by count and age; the memory store's ring by
+    /// Once a second: a durable store prunes by count and age; the memory store's ring by
     /// age (it is bounded by count already).
-    private func startRetention(store: SQLiteStore?) -> RepeatedTask? {
+    private func startRetention() -> RepeatedTask? {
         let maxAge = configuration.historyMaxAge
-        if store == nil && maxAge == nil { return nil }
+        let store = hub.store
+        if !store.keepsHistoryBeyondCache && maxAge == nil { return nil }
         let hub = self.hub
         return group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-            if let store {
-                store.schedulePrune()
+            if store.keepsHistoryBeyondCache {
+                store.scheduleRetention()
             } else if let maxAge {
                 hub.pruneRing(olderThan: WallClock.millisecondsSince1970() - maxAge.nanoseconds / 1_000_000)
             }

@@ -389,4 +389,69 @@ struct HardeningTests {
             await client.close()
         }
     }
+
+    @Test("Thousands of pipelined requests behind a slow answer are all answered, in order")
+    func pipelinedBehindAsyncAnswer() async throws {
+        try await withServer { server in
+            let port = server.port
+            // /metrics answers after a hop to every shard; the /health requests behind it are
+            // handed over one by one from inside the write of each answer's end.
+            let count = 6000
+            let burst = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                + String(repeating: "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", count: count)
+            let answers = await onThread { () -> Int in
+                guard let socket = try? BlockingSocket(port: port, timeoutSeconds: 20) else { return -1 }
+                defer { socket.close() }
+                socket.send(burst)
+                let marker = Array("HTTP/1.1 200".utf8)
+                var found = 0
+                var scanned = 0
+                _ = socket.read { bytes in
+                    while let index = HTTPResponseParser.find(marker, in: bytes, from: scanned) {
+                        found += 1
+                        scanned = index + marker.count
+                    }
+                    return found >= count + 1
+                }
+                return found
+            }
+            #expect(answers == count + 1)
+            try await Self.expectHealthy(port)
+        }
+    }
+
+    @Test("The unwanted body's timer never splices a 408 into an answer")
+    func bodyTimerAfterAnswer() async throws {
+        try await withServer({ $0.requestBodyTimeout = .milliseconds(300) }) { server in
+            let connection = try await RawConnection.connect(port: server.port)
+            // A poll that answers after 1 s, announcing a body it does not need (and sending it).
+            try await connection.send("GET /poll?topic=quiet&timeout=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\nx")
+            let bytes = try await connection.waitUntil("the poll's answer", timeout: .seconds(5)) { bytes, closed in
+                HTTPResponseParser.parse(bytes, closed: closed) != nil || closed
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 200"), "\(text.prefix(200))")
+            #expect(!text.contains("408"))
+            await connection.close()
+        }
+    }
+
+    @Test("Retained events of NFC and NFD topics stay apart in a sqlite: store, also after a restart")
+    func retainedByBytesInSQLite() async throws {
+        try await withStoreFolder { path in
+            let configure: (inout HeraldConfiguration) -> Void = { $0.store = .sqlite(path: path) }
+            try await withServer(configure) { server in
+                // In one batch, so both land in one commit group.
+                let body = "{\"topic\":\"caf\u{E9}\",\"data\":\"nfc\"}\n{\"topic\":\"cafe\u{301}\",\"data\":\"nfd\"}\n"
+                _ = try await HTTPTestClient.publish(server.port, "/events?retain=1", body: body, contentType: "application/x-ndjson")
+            }
+            try await withServer(configure) { server in
+                for (encoded, expected) in [("caf%C3%A9", "nfc"), ("cafe%CC%81", "nfd")] {
+                    let poll = try await HTTPTestClient.get(server.port, "/poll?topic=\(encoded)&timeout=0")
+                    guard case .array(let events)? = poll.json?["events"] else { Issue.record("\(poll.text)"); continue }
+                    #expect(events.count == 1 && events.first?["data"] == .string(expected), "\(encoded): \(poll.text)")
+                }
+            }
+        }
+    }
 }

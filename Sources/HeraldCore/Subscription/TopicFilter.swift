@@ -4,8 +4,10 @@
 /// Topics compare by their UTF-8 bytes (``TopicKey``), never by Unicode equivalence.
 public struct TopicFilter: Sendable, Equatable {
     public private(set) var exact: Set<TopicKey> = []
-    /// Prefixes without the trailing `*` (`quotes/*` is stored as `quotes/`), each once.
-    public private(set) var prefixes: [String] = []
+    /// Prefixes without the trailing `*` (`quotes/*` is stored as `quotes/`), each once: slices
+    /// of the requested patterns, so a stream's topics are held once (a subscriber of 64
+    /// long prefixes does not pay for them twice).
+    public private(set) var prefixes: [Substring] = []
     public private(set) var matchesAll = false
     /// Direct messages addressed to this token reach the stream.
     public var clientToken: String?
@@ -17,7 +19,8 @@ public struct TopicFilter: Sendable, Equatable {
             if pattern == "*" {
                 matchesAll = true
             } else if pattern.utf8.last == UInt8(ascii: "*") {
-                let prefix = String(decoding: pattern.utf8.dropLast(), as: UTF8.self)
+                // Cut the `*` byte off (not the last Character, which could be a cluster).
+                let prefix = pattern[..<pattern.utf8.index(before: pattern.utf8.endIndex)]
                 if seenPrefixes.insert(TopicKey(prefix)).inserted { prefixes.append(prefix) }
             } else {
                 exact.insert(TopicKey(pattern))

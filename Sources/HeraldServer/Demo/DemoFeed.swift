@@ -109,16 +109,20 @@ final class DemoFeed: @unchecked Sendable {
     private func quote(_ stock: Stock) -> String {
         let change = stock.price - stock.open
         let percent = change / stock.open * 100
-        let data = "{\"symbol\":\(JSON.quoted(stock.symbol)),\"name\":\(JSON.quoted(stock.name)),"
-            + "\"price\":\(Self.decimal(stock.price)),\"change\":\(Self.decimal(change)),\"changePercent\":\(Self.decimal(percent)),"
-            + "\"volume\":\(stock.volume),\"time\":\(WallClock.millisecondsSince1970())}"
-        return "{\"topic\":\"quotes/\(stock.symbol)\",\"type\":\"quote\",\"data\":\(data)}"
+        let data = JSONValue.object([
+            ("symbol", .string(stock.symbol)), ("name", .string(stock.name)), ("price", .number(Self.decimal(stock.price))),
+            ("change", .number(Self.decimal(change))), ("changePercent", .number(Self.decimal(percent))),
+            ("volume", .integer(stock.volume)), ("time", .integer(WallClock.millisecondsSince1970())),
+        ])
+        return JSONValue.object([("topic", .string("quotes/\(stock.symbol)")), ("type", .string("quote")), ("data", data)]).compactText
     }
 
     private func listing(_ stock: Stock, action: String) -> String {
-        let data = "{\"symbol\":\(JSON.quoted(stock.symbol)),\"name\":\(JSON.quoted(stock.name)),\"action\":\"\(action)\","
-            + "\"time\":\(WallClock.millisecondsSince1970())}"
-        return "{\"topic\":\"quotes/\(stock.symbol)\",\"type\":\"listing\",\"data\":\(data)}"
+        let data = JSONValue.object([
+            ("symbol", .string(stock.symbol)), ("name", .string(stock.name)), ("action", .string(action)),
+            ("time", .integer(WallClock.millisecondsSince1970())),
+        ])
+        return JSONValue.object([("topic", .string("quotes/\(stock.symbol)")), ("type", .string("listing")), ("data", data)]).compactText
     }
 
     /// Publishes NDJSON lines exactly as `POST /events?retain=1` with that body would.

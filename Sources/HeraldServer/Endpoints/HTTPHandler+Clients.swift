@@ -20,13 +20,11 @@ extension HTTPHandler {
                     self.sendProblem(Problem(.notFound, "no client '\(token)' is connected"), context: context, request: request)
                     return
                 }
-                self.respondJSON(context: context, request: request, status: .ok, json: client.json, headers: cors)
+                self.respondJSON(context: context, request: request, status: .ok, json: client.json.compactText, headers: cors)
                 return
             }
-            var json = "{\"clients\":["
-            json += clients.map(\.json).joined(separator: ",")
-            json += "],\"count\":\(clients.count)}"
-            self.respondJSON(context: context, request: request, status: .ok, json: json, headers: cors)
+            let json = JSONValue.object([("clients", .array(clients.map(\.json))), ("count", .integer(clients.count))])
+            self.respondJSON(context: context, request: request, status: .ok, json: json.compactText, headers: cors)
         }
     }
 
@@ -53,15 +51,13 @@ extension HTTPHandler {
         var lastEventID: Int64?
         var queuedBytes: Int
 
-        var json: String {
-            var text = "{\"client\":"
-            JSON.appendQuoted(token, to: &text)
-            text += ",\"connections\":\(connections),\"topics\":["
-            text += topics.map { JSON.quoted($0) }.joined(separator: ",")
-            text += "],\"connectedAt\":\"\(WallClock.iso8601(millisecondsSince1970: connectedAt))\",\"lastEventId\":"
-            text += lastEventID.map { "\"\($0)\"" } ?? "null"
-            text += ",\"queuedBytes\":\(queuedBytes)}"
-            return text
+        var json: JSONValue {
+            .object([
+                ("client", .string(token)), ("connections", .integer(connections)),
+                ("topics", .array(topics.map(JSONValue.string))),
+                ("connectedAt", .string(WallClock.iso8601(millisecondsSince1970: connectedAt))),
+                ("lastEventId", .stringOrNull(lastEventID.map { String($0) })), ("queuedBytes", .integer(queuedBytes)),
+            ])
         }
     }
 
@@ -72,7 +68,7 @@ extension HTTPHandler {
         for info in infos {
             if var summary = byToken[info.token] {
                 summary.connections += 1
-                for topic in info.topics where !summary.topics.contains(topic) { summary.topics.append(topic) }
+                for topic in info.topics where !summary.topics.contains(where: { $0.bytesEqual(topic) }) { summary.topics.append(topic) }
                 summary.connectedAt = min(summary.connectedAt, info.connectedAt)
                 if let id = info.lastEventID { summary.lastEventID = max(summary.lastEventID ?? id, id) }
                 summary.queuedBytes += info.queuedBytes

@@ -43,22 +43,17 @@ extension HTTPHandler {
     }
 
     static func pollJSON(_ events: [StoredEvent], lastEventID: Int64, reset: Bool, filter: TopicFilter) -> String {
-        var json = "{\"events\":["
-        for (index, event) in events.enumerated() {
-            if index > 0 { json += "," }
-            json += "{\"id\":\"\(event.id)\",\"type\":"
-            if let type = event.type { JSON.appendQuoted(type, to: &json) } else { json += "null" }
-            json += ",\"data\":"
-            JSON.appendQuoted(event.data, to: &json)
-            json += ",\"topic\":"
-            if event.client == nil, let topic = event.topics.first(where: { filter.matches(topic: $0) }) ?? event.topics.first {
-                JSON.appendQuoted(topic, to: &json)
-            } else {
-                json += "null"
-            }
-            json += "}"
+        let items: [JSONValue] = events.map { event in
+            // The topic it reached this subscriber by (the first that matches), null for a
+            // direct message.
+            let topic = event.client == nil ? (event.topics.first(where: { filter.matches(topic: $0) }) ?? event.topics.first) : nil
+            return .object([
+                ("id", .string(String(event.id))), ("type", .stringOrNull(event.type)),
+                ("data", .string(event.data)), ("topic", .stringOrNull(topic)),
+            ])
         }
-        json += "],\"lastEventId\":\"\(lastEventID)\",\"reset\":\(reset)}"
-        return json
+        return JSONValue.object([
+            ("events", .array(items)), ("lastEventId", .string(String(lastEventID))), ("reset", .bool(reset)),
+        ]).compactText
     }
 }

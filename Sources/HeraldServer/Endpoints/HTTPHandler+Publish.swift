@@ -15,7 +15,7 @@ extension HTTPHandler {
             case "topic":
                 if token != nil { continue }
                 do { try TopicRules.validate(topic: value, forSubscription: false) } catch { throw Problem(.badRequest, "query parameter 'topic': \(error.detail)") }
-                if !topics.contains(value) { topics.append(value) }
+                if !topics.contains(where: { $0.bytesEqual(value) }) { topics.append(value) }
             case "type":
                 if type != nil { throw Problem(.badRequest, "query parameter 'type' is given twice") }
                 type = value
@@ -53,18 +53,17 @@ extension HTTPHandler {
             .assumeIsolated().whenComplete { result in
                 switch result {
                 case .success(let outcome):
-                    var json = "{\"ids\":["
-                    for (index, id) in outcome.ids.enumerated() {
-                        json += index == 0 ? "\"\(id)\"" : ",\"\(id)\""
-                    }
-                    json += "]}"
+                    let json = JSONValue.object([("ids", .array(outcome.ids.map { .string(String($0)) }))]).compactText
                     var headers = self.server.corsHeaders(origin: origin, scope: .restricted)
                     if outcome.repeated { headers.append(("Idempotent-Replayed", "true")) }
                     self.respondJSON(context: context, request: request, status: .ok, json: json, headers: headers)
                 case .failure(let error):
                     // Not durable, so not published: nobody saw it, and the publisher may retry.
+                    // The cause is logged; the answer does not carry internal error text.
+                    self.server.logger.error("publish not stored", metadata: ["error": "\(error)"])
                     self.sendProblem(
-                        Problem(.serviceUnavailable, "the event was not stored, so not published: \(error)", headers: [("Retry-After", "1")]),
+                        Problem(.serviceUnavailable, "the event store could not take the events, so nothing was published; retry",
+                                headers: [("Retry-After", "1")]),
                         context: context, request: request)
                 }
             }

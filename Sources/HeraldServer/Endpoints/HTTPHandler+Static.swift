@@ -48,6 +48,8 @@ extension HTTPHandler {
 
     /// Slice size for files streamed from disk.
     static let fileSliceBytes = 64 * 1024
+    /// A download whose client takes no slice for this long is closed.
+    static let downloadStallTimeout: TimeAmount = .seconds(60)
 
     /// Sends a large file from disk: one slice read on the file thread pool at a time, the
     /// next one only once the socket has taken the last, so a download holds one slice of
@@ -99,7 +101,13 @@ extension HTTPHandler {
                 self.finishResponse(context: context, keepAlive: keepAlive)
                 return
             }
+            // A client that takes nothing for a minute is not downloading any more: its
+            // socket and file descriptor go back.
+            let stalled = context.eventLoop.assumeIsolated().scheduleTask(in: Self.downloadStallTimeout) {
+                context.close(promise: nil)
+            }
             written.assumeIsolated().whenComplete { result in
+                stalled.cancel()
                 guard case .success = result else {
                     pool.submit { _ in file.close() }
                     return

@@ -23,7 +23,7 @@ extension HTTPHandler {
             switch name {
             case "topic":
                 do { try TopicRules.validate(topic: value, forSubscription: true) } catch { throw Problem(.badRequest, "topic: \(error.detail)") }
-                if !topics.contains(value) { topics.append(value) }
+                if !topics.contains(where: { $0.bytesEqual(value) }) { topics.append(value) }
             case "client":
                 if token != nil { throw Problem(.badRequest, "give one 'client' token, not several") }
                 try validateToken(value)

@@ -35,7 +35,7 @@ final class StaticFiles: Sendable {
 
     private let cache = NIOLockedValueBox<[String: Entry]>([:])
     /// Files up to this size are read whole (and cached); larger ones are streamed.
-    static let inMemoryLimitBytes = 256 * 1024
+    static let inMemoryLimitBytes = 1 << 20
     /// Bytes of file contents the cache may hold in all.
     private static let cacheBudgetBytes = 16 << 20
     private let cachedBytes = NIOLockedValueBox(0)

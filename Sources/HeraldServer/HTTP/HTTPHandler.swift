@@ -86,6 +86,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headTimer?.cancel()
         headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestBodyTimeout) { [weak self] in
             guard let self, self.state == .receiving || self.discardingBody else { return }
+            if self.state != .receiving {
+                // Its answer is out or on its way: no 408 may be spliced into it.
+                self.state = .closing
+                context.close(promise: nil)
+                return
+            }
             self.sendRawProblemAndClose(
                 Problem(.requestTimeout, "the request body did not arrive within \(self.configuration.requestBodyTimeout.nanoseconds / 1_000_000_000) s"),
                 context: context)
@@ -158,8 +164,54 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: Reading requests
 
+    /// Request parts held back: delivered while an answer was being written (NIO's pipelining
+    /// handler hands over the next buffered request from inside the write of the last
+    /// answer's end, so answering it there would recurse once per pipelined request: a few
+    /// thousand `GET /health` in one packet would overflow the stack), or a new request while
+    /// the connection's unsent output is over its limit (back-pressure: nothing more is
+    /// answered until the client reads). Processed in order from the event loop.
+    private var backlog: [HTTPServerRequestPart] = []
+    private var backlogScheduled = false
+    /// How deep inside the writing of an answer's end we are.
+    private var writingAnswer = 0
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        if writingAnswer > 0 || !backlog.isEmpty || (!context.channel.isWritable && Self.isHead(part)) {
+            backlog.append(part)
+            scheduleBacklog(context: context)
+            return
+        }
+        handle(part, context: context)
+    }
+
+    private static func isHead(_ part: HTTPServerRequestPart) -> Bool {
+        if case .head = part { return true }
+        return false
+    }
+
+    private func scheduleBacklog(context: ChannelHandlerContext) {
+        guard !backlogScheduled, context.channel.isWritable || !Self.isHead(backlog[0]) else { return }
+        backlogScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.backlogScheduled = false
+            while !self.backlog.isEmpty, self.writingAnswer == 0, self.state != .closing, self.state != .streaming {
+                if !context.channel.isWritable && Self.isHead(self.backlog[0]) {
+                    return // resumed by channelWritabilityChanged
+                }
+                self.handle(self.backlog.removeFirst(), context: context)
+            }
+            if self.state == .closing || self.state == .streaming { self.backlog.removeAll() }
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && !backlog.isEmpty { scheduleBacklog(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             guard state == .idle else { return }
             headTimer?.cancel()
@@ -194,7 +246,11 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 headTimer = nil
                 dispatch(context: context)
             default:
-                break
+                if discardingBody {
+                    // The unwanted body is over: its timer has nothing left to guard.
+                    headTimer?.cancel()
+                    headTimer = nil
+                }
             }
         }
     }
@@ -257,50 +313,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Publisher authorisation: a bearer key when keys are configured, else a loopback peer.
+    /// Publisher authorisation, by the server's ``Authorizer``.
     private func authorize(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> Problem? {
-        let keys = configuration.publishKeys
-        if keys.isEmpty {
-            guard PeerAddress.isLoopback(context.channel.remoteAddress) else {
-                return Problem(.forbidden, "publishing is limited to loopback clients because no --publish-key is set")
-            }
-            // Loopback is not enough: a web page in a browser on this machine is a loopback
-            // peer too (SPEC §16).
-            let hosts = head.headers[canonicalForm: "host"]
-            if hosts.count > 1 { return Problem(.badRequest, "the request has more than one Host header") }
-            if let refusal = LocalPublishGuard.refusal(
-                host: hosts.first.map(String.init), origin: head.headers.first(name: "origin"),
-                fetchSite: head.headers.first(name: "sec-fetch-site"), explicitOrigins: server.explicitOrigins) {
-                return Problem(.forbidden, refusal)
-            }
-            return nil
-        }
-        let challenge = ("WWW-Authenticate", "Bearer realm=\"herald\"")
-        guard let authorization = head.headers.first(name: "authorization") else {
-            return Problem(.unauthorized, "send 'Authorization: Bearer <key>' with a --publish-key", headers: [challenge])
-        }
-        let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
-            return Problem(.unauthorized, "the Authorization scheme must be Bearer", headers: [challenge])
-        }
-        let presented = Array(parts[1].trimmingSpaces().utf8)
-        var matched = false
-        for key in keys where Self.constantTimeEqual(presented, Array(key.utf8)) { matched = true }
-        if !matched {
-            return Problem(.unauthorized, "the bearer key is not valid",
-                           headers: [("WWW-Authenticate", "Bearer realm=\"herald\", error=\"invalid_token\"")])
-        }
-        return nil
-    }
-
-    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
-        for index in 0..<max(a.count, b.count) {
-            let x = index < a.count ? a[index] : 0
-            let y = index < b.count ? b[index] : 0
-            difference |= x ^ y
-        }
-        return difference == 0
+        server.authorizer.publisher(RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress)))
     }
 
     // MARK: Dispatch
@@ -344,8 +359,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         } catch let error as ValidationError {
             sendProblem(Problem(.badRequest, error.detail), context: context, request: request)
         } catch {
-            server.logger.debug("request failed", metadata: ["error": "\(error)"])
-            sendProblem(Problem(.internalServerError, "the server failed to answer: \(error)"), context: context, request: request)
+            // Logged, not shown: internal error text is no business of the client's.
+            server.logger.error("request failed", metadata: ["error": "\(error)", "herald.path": "\(request.uri.prefix(200))"])
+            sendProblem(Problem(.internalServerError, "the server failed to answer this request; the cause is in its log"),
+                        context: context, request: request)
         }
     }
 
@@ -378,10 +395,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// A JSON answer; the body ends with a line feed (so a shell prompt starts on its own line).
     func respondJSON(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus, json: String,
                      headers: [(String, String)] = []) {
-        var buffer = context.channel.allocator.buffer(capacity: json.utf8.count)
+        var buffer = context.channel.allocator.buffer(capacity: json.utf8.count + 1)
         buffer.writeString(json)
+        buffer.writeStaticString("\n")
         respond(context: context, request: request, status: status,
                 headers: [("Content-Type", "application/json")] + headers, body: buffer)
     }
@@ -435,7 +454,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func finishResponse(context: ChannelHandlerContext, keepAlive: Bool) {
         hasUnterminatedResponse = false
         state = keepAlive ? .idle : .closing
+        writingAnswer += 1
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        writingAnswer -= 1
         if let problem = problemAfterAnswer {
             problemAfterAnswer = nil
             if keepAlive {

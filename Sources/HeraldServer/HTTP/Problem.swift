@@ -18,13 +18,12 @@ struct Problem: Error {
         self.closeConnection = closeConnection
     }
 
+    /// The RFC 9457 body, ending with a line feed (so a shell prompt starts on its own line).
     var json: String {
-        var text = "{\"type\":\"about:blank\",\"title\":"
-        JSON.appendQuoted(status.reasonPhrase, to: &text)
-        text += ",\"status\":\(status.code),\"detail\":"
-        JSON.appendQuoted(detail, to: &text)
-        text += "}"
-        return text
+        JSONValue.object([
+            ("type", .string("about:blank")), ("title", .string(status.reasonPhrase)),
+            ("status", .integer(status.code)), ("detail", .string(detail)),
+        ]).compactText + "\n"
     }
 
     static func methodNotAllowed(_ method: HTTPMethod, allowed: String) -> Problem {

@@ -17,6 +17,8 @@ final class ServerContext: Sendable {
     /// Open streams and waiting polls allowed (SPEC §16: by default the open-file limit
     /// minus a reserve, so publishers and /health still get a descriptor).
     let maxConnections: Int
+    /// Who may publish and manage clients (and, with SPEC §14, subscribe).
+    let authorizer: Authorizer
 
     init(configuration: HeraldConfiguration, hub: Hub, metrics: HeraldMetrics, fileThreadPool: NIOThreadPool) {
         self.configuration = configuration
@@ -28,6 +30,7 @@ final class ServerContext: Sendable {
         self.explicitOrigins = Set(configuration.corsOrigins.filter { $0 != "*" })
         self.allowsAnyOrigin = configuration.corsOrigins.contains("*")
         self.maxConnections = configuration.effectiveMaxConnections
+        self.authorizer = Authorizer(publishKeys: configuration.publishKeys, explicitOrigins: explicitOrigins)
     }
 
     /// The CORS response headers for a request from `origin` under `scope`.

@@ -1,3 +1,5 @@
+import NIOConcurrencyHelpers
+import NIOCore
 import Prometheus
 
 /// The metric handles, created once per server on its own Prometheus registry (so several
@@ -17,6 +19,18 @@ final class HeraldMetrics: Sendable {
     let resets: Counter
     let publishRequests: Counter
     let rejectedRequests: Counter
+    /// When distinct clients were last counted (see ``claimClientCount(now:)``).
+    private let clientsCountedAt = NIOLockedValueBox<NIODeadline?>(nil)
+
+    /// Whether a `/metrics` request at `now` should count distinct clients afresh: at most
+    /// once a second, because counting visits every stream of every shard.
+    func claimClientCount(now: NIODeadline) -> Bool {
+        clientsCountedAt.withLockedValue { last in
+            if let last, now - last < .seconds(1) { return false }
+            last = now
+            return true
+        }
+    }
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry

@@ -22,28 +22,22 @@ import SQLiteNIO
 /// Pruning (by count and by age) runs on the same queue in slices of at most
 /// ``pruneSlice`` rows between publish transactions, so that it never holds publishers for
 /// long.
-final class SQLiteStore: @unchecked Sendable {
-    /// A publish waiting to be written.
+///
+/// The writer is a service: ``run()`` (started by the server after ``open(sink:cacheCapacity:freshStart:)``)
+/// commits whatever is queued whenever it is woken, and ends after the last queued batch once
+/// ``close()`` is called.
+final class SQLiteStore: EventStore, @unchecked Sendable {
+    /// A publish (or a retained-event clearing) waiting to be written.
     struct PendingBatch {
-        var events: [StoredEvent]
-        var retain: Bool
-        var idempotencyKey: String?
+        var batch: CommittedBatch
         var promise: EventLoopPromise<Void>
-        /// Not a publish: `DELETE /events?topic=T` clearing T's retained event.
-        var clearRetained: String? = nil
     }
 
-    /// What the file held when it was opened.
-    struct Snapshot {
-        /// The newest id ever committed (the sequence continues after it).
-        var lastID: Int64
-        /// Every id up to this one has left the history.
-        var floor: Int64
-        /// The newest events of the history, oldest first, at most the cache size.
-        var recent: [StoredEvent]
-        var eventCount: Int
-        var retained: [String: StoredEvent]
-        var idempotency: [(key: String, ids: [Int64])]
+    /// The two connections, opened together: one writes, one reads replays (`query_only`),
+    /// so a cold replay never waits behind a commit.
+    private struct Connections {
+        var writer: SQLiteConnection
+        var reader: SQLiteConnection
     }
 
     static let pruneSlice = 5000
@@ -59,15 +53,20 @@ final class SQLiteStore: @unchecked Sendable {
     private let retainedLimit: Int
     private let maxAgeMilliseconds: Int64?
     private let allocator = ByteBufferAllocator()
-    private var writer: SQLiteConnection!
-    private var reader: SQLiteConnection!
+    private let wakeups: AsyncStream<Void>
+    private let wakeupContinuation: AsyncStream<Void>.Continuation
 
     // Guarded by `lock`.
     private let lock = NIOLock()
+    private var connections: Connections?
+    private var sink: (any CommittedEventSink)?
     private var queue: [PendingBatch] = []
-    private var draining = false
+    /// The newest id given out; runs ahead of the committed ones while batches wait.
+    private var assignedThrough: Int64 = 0
+    /// Completed when ``run()`` has finished (the last queued batch is answered); made
+    /// when it starts.
+    private var writerFinished: EventLoopPromise<Void>?
     private var closed = false
-    private var drained: [EventLoopPromise<Void>] = []
     /// Events in the file, for retention by count.
     private var eventCount = 0
     private var floor: Int64 = 0
@@ -76,12 +75,6 @@ final class SQLiteStore: @unchecked Sendable {
     private var retainedGrew = false
     /// The open descriptor holding the exclusive `flock` that keeps other processes out.
     private var lockDescriptor: Int32 = -1
-
-    /// Called on the writer's task, in commit order, once a group of batches is durable and
-    /// before their publishers are answered: the hub makes them visible.
-    var onCommitted: (@Sendable ([PendingBatch]) -> Void)?
-    /// Called when pruning moves the start of the history, before the rows are deleted.
-    var onFloorAdvanced: (@Sendable (Int64) -> Void)?
 
     init(path: String, historyLimit: Int, retainedLimit: Int, maxAge: TimeAmount?, loop: any EventLoop, logger: Logger) {
         self.path = path
@@ -92,17 +85,22 @@ final class SQLiteStore: @unchecked Sendable {
         self.logger = logger
         self.writerPool = NIOThreadPool(numberOfThreads: 1)
         self.readerPool = NIOThreadPool(numberOfThreads: 1)
+        (wakeups, wakeupContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
+
+    var description: String { "sqlite:\(path)" }
+    var keepsHistoryBeyondCache: Bool { true }
+    var storedEventCount: Int? { lock.withLock { eventCount } }
 
     // MARK: Opening
 
     /// Opens (or creates) the file and reads what a restarting server needs.
     /// - Parameter freshStart: where a new file's id sequence starts after.
-    func open(cacheCapacity: Int, freshStart: Int64) async throws -> Snapshot {
+    func open(sink: any CommittedEventSink, cacheCapacity: Int, freshStart: Int64) async throws -> StoreSnapshot {
         try lockFile()
         writerPool.start()
         readerPool.start()
-        writer = try await SQLiteConnection.open(storage: .file(path: path), threadPool: writerPool, logger: logger, on: loop)
+        let writer = try await SQLiteConnection.open(storage: .file(path: path), threadPool: writerPool, logger: logger, on: loop)
         // busy_timeout first: a backup tool holding a read lock makes a statement wait a
         // little instead of failing at once with SQLITE_BUSY.
         for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=OFF"] {
@@ -123,7 +121,8 @@ final class SQLiteStore: @unchecked Sendable {
             _ = try? await writer.query("ROLLBACK")
             throw error
         }
-        reader = try await SQLiteConnection.open(storage: .file(path: path), threadPool: readerPool, logger: logger, on: loop)
+        let reader = try await SQLiteConnection.open(storage: .file(path: path), threadPool: readerPool, logger: logger, on: loop)
+        lock.withLock { connections = Connections(writer: writer, reader: reader) }
         _ = try await reader.query("PRAGMA busy_timeout=5000")
         _ = try await reader.query("PRAGMA query_only=ON")
 
@@ -139,12 +138,13 @@ final class SQLiteStore: @unchecked Sendable {
             "SELECT id, topics, client, type, data, created FROM events WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
             [.integer(Int(floor)), .integer(cacheCapacity)])
         let recent = try recentRows.reversed().map(event(from:))
-        var retained: [String: StoredEvent] = [:]
+        var retained: [(topic: String, event: StoredEvent)] = []
         for row in try await writer.query(
             "SELECT topic, id, topics, client, type, data, created FROM retained ORDER BY id DESC LIMIT ?1", [.integer(retainedLimit)]) {
             guard let topic = row.column("topic")?.string else { continue }
-            retained[topic] = try event(from: row)
+            retained.append((topic, try event(from: row)))
         }
+        retained.reverse()
         var keys: [(key: String, ids: [Int64])] = []
         for row in try await writer.query("SELECT key, ids FROM idempotency ORDER BY newest") {
             guard let key = row.column("key")?.string, let ids = row.column("ids")?.string else { continue }
@@ -153,21 +153,28 @@ final class SQLiteStore: @unchecked Sendable {
         lock.withLock {
             self.eventCount = count
             self.floor = floor
+            self.assignedThrough = lastID
+            self.sink = sink
+            // From here on close() waits for run(), which the server starts next.
+            self.writerFinished = loop.makePromise(of: Void.self)
         }
-        return Snapshot(lastID: lastID, floor: floor, recent: recent, eventCount: count, retained: retained, idempotency: keys)
+        return StoreSnapshot(lastID: lastID, floor: floor, recent: recent, eventCount: count, retained: retained, idempotency: keys)
     }
 
-    /// Takes an exclusive `flock` on the database file, so that a second Herald process on
-    /// the same file refuses to start (two writers would hand out the same ids and miss each
-    /// other's events). SQLite's own locks are POSIX record locks, which `flock` does not
-    /// touch on Linux, so this does not interfere with them; the lock goes with the process.
+    /// Takes an exclusive `flock` on `PATH.lock`, so that a second Herald process on the same
+    /// file refuses to start (two writers would hand out the same ids and miss each other's
+    /// events). A file beside the database rather than the database itself: closing any
+    /// descriptor of the database would release the POSIX locks SQLite holds on it in this
+    /// process. The lock goes with the process, also on `kill -9`.
     private func lockFile() throws {
-        let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let lockPath = path + ".lock"
+        let descriptor = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else {
-            throw StoreError("cannot open \(path): \(String(cString: strerror(errno)))")
+            throw StoreError("cannot open \(lockPath): \(String(cString: strerror(errno)))")
         }
         if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
-            let reason = errno == EWOULDBLOCK ? "it is in use by another Herald process (a sqlite: store serves one process at a time; use postgres:// for several)"
+            let reason = errno == EWOULDBLOCK
+                ? "it is in use by another Herald process (a sqlite: store serves one process at a time; use postgres:// for several)"
                 : String(cString: strerror(errno))
             Glibc.close(descriptor)
             throw StoreError("cannot use \(path): \(reason)")
@@ -208,20 +215,55 @@ final class SQLiteStore: @unchecked Sendable {
 
     // MARK: Writing
 
-    /// Queues a batch; its promise succeeds once it is committed (and visible), or fails.
-    /// Callers enqueue in id order (the hub does it under its lock).
-    func enqueue(_ batch: PendingBatch) {
-        let start: Bool = lock.withLock {
-            if closed {
-                batch.promise.fail(StoreError("the store is closing"))
-                return false
+    /// Gives the batch its ids and queues it; the future succeeds once it is committed and
+    /// visible, or fails (nothing published).
+    func append(_ request: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<[Int64]> {
+        let promise = loop.makePromise(of: Void.self)
+        let ids: [Int64]? = lock.withLock {
+            guard !closed else { return nil }
+            var events: [StoredEvent] = []
+            events.reserveCapacity(request.drafts.count)
+            for draft in request.drafts {
+                // Ids are reserved now and queued in order, so the writer commits them in
+                // id order. Ids of a batch whose commit fails are never seen by anyone:
+                // they leave a gap rather than being given again.
+                assignedThrough += 1
+                events.append(StoredEvent(
+                    id: assignedThrough, topics: draft.topics, client: request.client, type: draft.type, data: draft.data,
+                    created: request.created, allocator: allocator))
             }
-            queue.append(batch)
-            if draining { return false }
-            draining = true
+            queue.append(PendingBatch(
+                batch: CommittedBatch(events: events, retain: request.retain, idempotencyKey: request.idempotencyKey),
+                promise: promise))
+            return events.map(\.id)
+        }
+        guard let ids else {
+            promise.fail(StoreError("the store is closing"))
+            return promise.futureResult.map { [] }
+        }
+        wakeupContinuation.yield()
+        return promise.futureResult.map { ids }
+    }
+
+    func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Void.self)
+        let queued: Bool = lock.withLock {
+            guard !closed else { return false }
+            queue.append(PendingBatch(batch: CommittedBatch(events: [], retain: false, idempotencyKey: nil, clearRetained: topic),
+                                      promise: promise))
             return true
         }
-        if start { Task { await self.drain() } }
+        if queued { wakeupContinuation.yield() } else { promise.fail(StoreError("the store is closing")) }
+        return promise.futureResult
+    }
+
+    /// The writer: commits what is queued (group commit) and prunes between commits, each
+    /// time it is woken, until ``close()``.
+    func run() async {
+        guard let finished = lock.withLock({ writerFinished }) else { return }
+        for await _ in wakeups { await drain() }
+        await drain()
+        finished.succeed()
     }
 
     private func drain() async {
@@ -236,33 +278,27 @@ final class SQLiteStore: @unchecked Sendable {
                 continue
             }
             if await pruneStep() { continue }
-            let finished: [EventLoopPromise<Void>]? = lock.withLock {
-                guard queue.isEmpty else { return nil }
-                draining = false
-                let waiting = drained
-                drained = []
-                return waiting
-            }
-            if let finished {
-                for promise in finished { promise.succeed() }
-                return
-            }
+            return
         }
     }
 
     private func commit(_ group: [PendingBatch]) async {
+        guard let writer = lock.withLock({ connections?.writer }) else {
+            for pending in group { pending.promise.fail(StoreError("the store is not open")) }
+            return
+        }
         do {
             _ = try await writer.query("BEGIN IMMEDIATE")
             var rows: [SQLiteData] = []
             var rowCount = 0
             // A topic's retained event after this group, or nil where the group cleared it.
-            var retained: [String: StoredEvent?] = [:]
+            var retained: [TopicKey: StoredEvent?] = [:] // by bytes: NFC and NFD are two topics
             var keys: [SQLiteData] = []
             var keyCount = 0
             var lastID: Int64 = 0
-            for batch in group {
+            for batch in group.map(\.batch) {
                 if let topic = batch.clearRetained {
-                    retained[topic] = .some(nil)
+                    retained[TopicKey(topic)] = .some(nil)
                     continue
                 }
                 for event in batch.events {
@@ -270,12 +306,12 @@ final class SQLiteStore: @unchecked Sendable {
                     rowCount += 1
                     lastID = event.id
                     if rowCount == Self.insertRows {
-                        try await insert("events(id, topics, client, type, data, created)", columns: 6, rows: rows)
+                        try await insert(writer, "events(id, topics, client, type, data, created)", columns: 6, rows: rows)
                         rows.removeAll(keepingCapacity: true)
                         rowCount = 0
                     }
                     if batch.retain && event.client == nil {
-                        for topic in event.topics { retained[topic] = .some(event) }
+                        for topic in event.topics { retained[TopicKey(topic)] = .some(event) }
                     }
                 }
                 if let key = batch.idempotencyKey {
@@ -286,25 +322,25 @@ final class SQLiteStore: @unchecked Sendable {
                 }
             }
             if rowCount > 0 {
-                try await insert("events(id, topics, client, type, data, created)", columns: 6, rows: rows)
+                try await insert(writer, "events(id, topics, client, type, data, created)", columns: 6, rows: rows)
             }
             if !retained.isEmpty {
                 var values: [SQLiteData] = []
                 for (topic, event) in retained {
                     guard let event else {
-                        _ = try await writer.query("DELETE FROM retained WHERE topic = ?1", [.text(topic)])
+                        _ = try await writer.query("DELETE FROM retained WHERE topic = ?1", [.text(topic.name)])
                         continue
                     }
-                    values.append(.text(topic))
+                    values.append(.text(topic.name))
                     values.append(contentsOf: row(for: event))
                 }
                 if !values.isEmpty {
-                    try await insert("retained(topic, id, topics, client, type, data, created)", columns: 7, rows: values, replace: true)
+                    try await insert(writer, "retained(topic, id, topics, client, type, data, created)", columns: 7, rows: values, replace: true)
                     lock.withLock { retainedGrew = true }
                 }
             }
             if keyCount > 0 {
-                try await insert("idempotency(key, ids, newest)", columns: 3, rows: keys, replace: true)
+                try await insert(writer, "idempotency(key, ids, newest)", columns: 3, rows: keys, replace: true)
             }
             if lastID > 0 {
                 _ = try await writer.query("UPDATE meta SET value = ?1 WHERE name = 'last_id'", [.integer(Int(lastID))])
@@ -313,13 +349,16 @@ final class SQLiteStore: @unchecked Sendable {
         } catch {
             _ = try? await writer.query("ROLLBACK")
             logger.error("store write failed; the publishes were not acknowledged", metadata: ["error": "\(error)"])
-            for batch in group { batch.promise.fail(StoreError("the event store could not write: \(error)")) }
+            for pending in group { pending.promise.fail(StoreError("the event store could not write: \(error)")) }
             return
         }
-        let events = group.reduce(0) { $0 + $1.events.count }
-        lock.withLock { eventCount += events }
-        onCommitted?(group)
-        for batch in group { batch.promise.succeed() }
+        let events = group.reduce(0) { $0 + $1.batch.events.count }
+        let sink = lock.withLock {
+            eventCount += events
+            return self.sink
+        }
+        sink?.committed(group.map(\.batch))
+        for pending in group { pending.promise.succeed() }
     }
 
     private func row(for event: StoredEvent) -> [SQLiteData] {
@@ -335,7 +374,7 @@ final class SQLiteStore: @unchecked Sendable {
         ]
     }
 
-    private func insert(_ table: String, columns: Int, rows: [SQLiteData], replace: Bool = false) async throws {
+    private func insert(_ writer: SQLiteConnection, _ table: String, columns: Int, rows: [SQLiteData], replace: Bool = false) async throws {
         let count = rows.count / columns
         var sql = replace ? "INSERT OR REPLACE INTO " : "INSERT INTO "
         sql += table
@@ -358,12 +397,12 @@ final class SQLiteStore: @unchecked Sendable {
     /// Deletes one slice of events that are past the count or age limit. Returns true when
     /// it deleted something (there may be more).
     private func pruneStep() async -> Bool {
-        let (count, floor, due, trimRetained) = lock.withLock {
+        let (count, floor, due, trimRetained, writer, sink) = lock.withLock {
             let trim = retainedGrew && NIODeadline.now() >= nextPrune
             if trim { retainedGrew = false }
-            return (eventCount, self.floor, NIODeadline.now() >= nextPrune, trim)
+            return (eventCount, self.floor, NIODeadline.now() >= nextPrune, trim, connections?.writer, self.sink)
         }
-        guard due else { return false }
+        guard due, let writer else { return false }
         if trimRetained {
             // At most --max-retained topics: the ones whose retained event is oldest go (the
             // hub has dropped them from memory already).
@@ -398,7 +437,7 @@ final class SQLiteStore: @unchecked Sendable {
                 return false
             }
             // Subscribers stop resuming into the range before its rows go.
-            onFloorAdvanced?(target)
+            sink?.historyFloorAdvanced(to: target)
             _ = try await writer.query("BEGIN IMMEDIATE")
             let deleted = try await writer.query(
                 "SELECT count(*) AS n FROM events WHERE id <= ?1", [.integer(Int(target))]).first?.column("n")?.integer ?? 0
@@ -420,24 +459,21 @@ final class SQLiteStore: @unchecked Sendable {
     }
 
     /// Asks for a retention pass soon (the server calls this once a second).
-    func schedulePrune() {
-        let start: Bool = lock.withLock {
-            guard !closed, !draining else { return false }
-            draining = true
-            return true
-        }
-        if start { Task { await self.drain() } }
+    func scheduleRetention() {
+        wakeupContinuation.yield()
     }
-
-    var storedEventCount: Int { lock.withLock { eventCount } }
 
     // MARK: Reading
 
     /// Events with `after < id <= through`, oldest first, at most `limit`, from the file.
     func events(after: Int64, through: Int64, limit: Int) -> EventLoopFuture<[StoredEvent]> {
         let promise = loop.makePromise(of: [StoredEvent].self)
+        guard let reader = lock.withLock({ connections?.reader }) else {
+            promise.fail(StoreError("the store is not open"))
+            return promise.futureResult
+        }
         promise.completeWithTask {
-            let rows = try await self.reader.query(
+            let rows = try await reader.query(
                 "SELECT id, topics, client, type, data, created FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
                 [.integer(Int(after)), .integer(Int(through)), .integer(limit)])
             return try rows.map(self.event(from:))
@@ -449,16 +485,18 @@ final class SQLiteStore: @unchecked Sendable {
 
     /// Waits for queued writes, then closes the file (checkpointing the WAL).
     func close() async {
-        let wait: EventLoopFuture<Void>? = lock.withLock {
+        let finished = lock.withLock {
             closed = true
-            guard draining else { return nil }
-            let promise = loop.makePromise(of: Void.self)
-            drained.append(promise)
-            return promise.futureResult
+            return writerFinished
         }
-        try? await wait?.get()
-        try? await reader?.close()
-        try? await writer?.close()
+        wakeupContinuation.finish()
+        try? await finished?.futureResult.get()
+        let connections = lock.withLock { () -> Connections? in
+            defer { self.connections = nil }
+            return self.connections
+        }
+        try? await connections?.reader.close()
+        try? await connections?.writer.close()
         try? await writerPool.shutdownGracefully()
         try? await readerPool.shutdownGracefully()
         if lockDescriptor >= 0 {

@@ -3,36 +3,32 @@ import HeraldCore
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// The server's shared event state: the one id sequence, the history ring, the retained
-/// event of each topic and the idempotency keys, behind one lock; plus the fan-out shards.
+/// The server's shared event state: the history ring (the hot cache of the store's
+/// history), the per-topic logs, the retained event of each topic and the idempotency keys,
+/// behind one lock; plus the fan-out shards.
 ///
-/// Publishing takes the lock once per batch (assign ids, encode, append), then nudges every
-/// shard. Shards pull what they have not delivered yet from the ring, so the ring is the
-/// only queue between publishers and subscribers: a shard that falls behind catches up in
-/// one batch, and a burst of publishes costs each shard one wake-up.
-final class Hub: @unchecked Sendable {
+/// Publishing goes through the ``EventStore``, which gives the ids and hands every committed
+/// batch back through ``committed(_:)`` (the one way batches enter, local or, in a cluster,
+/// from other nodes); the hub then appends it to the ring and nudges every shard. Shards pull
+/// what they have not delivered yet from the ring, so the ring is the only queue between
+/// publishers and subscribers: a shard that falls behind catches up in one batch, and a burst
+/// of publishes costs each shard one wake-up.
+final class Hub: CommittedEventSink, @unchecked Sendable {
     // Every `var` below is guarded by `lock`, except `shards`, which is written once before
     // the server accepts connections and only read afterwards.
     private let lock = NIOLock()
     private var ring: HistoryRing<StoredEvent>
     private var logs = KeyedLog<StoredEvent>()
     private var retained: RetainedSet<StoredEvent>
-    private var idempotency: [String: [Int64]] = [:]
-    /// Keys in the order their events were published, with the newest id of each, so that
-    /// a key is forgotten once all its events have left the history.
-    private var idempotencyOrder: [(key: String, newestID: Int64)] = []
-    private var idempotencyOrderStart = 0
-
-    /// The newest id handed out. Equal to `ring.newestID` with the memory store; with a
-    /// durable store it runs ahead while batches wait for their commit.
-    private var assignedThrough: Int64
-    /// The durable store, if any, and where its history starts (ids up to `storeFloor` are
-    /// gone); with the memory store the history is the ring and starts at its eviction point.
-    private(set) var store: SQLiteStore?
-    private var storeFloor: Int64 = 0
+    private var idempotency = IdempotencyWindow()
     /// Idempotency keys whose batch is waiting for its commit: a retry waits for the same one.
     private var pendingKeys: [String: EventLoopFuture<[Int64]>] = [:]
+    /// Where the store's history starts (ids up to it are gone), when the store keeps more
+    /// history than the ring; otherwise the history is the ring and starts at its eviction.
+    private var storeFloor: Int64 = 0
 
+    /// Where events are kept and ids come from; set at init, never changed.
+    let store: any EventStore
     private(set) var shards: [Shard] = []
     let allocator = ByteBufferAllocator()
     let metrics: HeraldMetrics
@@ -40,20 +36,20 @@ final class Hub: @unchecked Sendable {
     let openStreams = ManagedAtomic<Int>(0)
 
     /// - Parameters:
-    ///   - capacity: history capacity in events.
+    ///   - capacity: history capacity in events (the ring; the cache with a durable store).
     ///   - startingAfter: the position the id sequence starts after.
-    init(capacity: Int, startingAfter: Int64, maxRetained: Int, metrics: HeraldMetrics) {
+    init(store: any EventStore, capacity: Int, startingAfter: Int64, maxRetained: Int, metrics: HeraldMetrics) {
+        self.store = store
         self.ring = HistoryRing(capacity: capacity, startingAfter: startingAfter)
         self.retained = RetainedSet(limit: max(1, maxRetained))
-        self.assignedThrough = startingAfter
         self.metrics = metrics
     }
 
-    /// Continues from what a durable store held at startup: its id sequence, the newest part
-    /// of its history (as the ring, capacity `cacheCapacity`), retained events and
+    /// Continues from what the store held at startup: the newest part of its history (as
+    /// the ring, capacity `cacheCapacity`), where its history starts, retained events and
     /// idempotency keys. Called before the server accepts connections.
     /// - Returns: the newest visible id, where the shards start.
-    func attach(store: SQLiteStore, snapshot: SQLiteStore.Snapshot, cacheCapacity: Int) -> Int64 {
+    func restore(_ snapshot: StoreSnapshot, cacheCapacity: Int) -> Int64 {
         lock.withLock {
             let ringStart = snapshot.recent.first.map { max(snapshot.floor, $0.id - 1) } ?? snapshot.lastID
             ring = HistoryRing(capacity: max(1, cacheCapacity), startingAfter: ringStart)
@@ -68,26 +64,16 @@ final class Hub: @unchecked Sendable {
                 ring = HistoryRing(capacity: max(1, cacheCapacity), startingAfter: snapshot.lastID)
                 logs = KeyedLog()
             }
-            assignedThrough = snapshot.lastID
-            self.store = store
             storeFloor = snapshot.floor
             retained = RetainedSet(limit: retained.limit)
-            for (topic, event) in snapshot.retained.sorted(by: { $0.value.id < $1.value.id }) {
-                retained.retain(event, topics: [topic])
-            }
-            idempotency = [:]
-            idempotencyOrder = []
-            idempotencyOrderStart = 0
-            for (key, ids) in snapshot.idempotency where !ids.isEmpty {
-                idempotency[key] = ids
-                idempotencyOrder.append((key, ids.last!))
-            }
+            for (topic, event) in snapshot.retained { retained.retain(event, topics: [topic]) }
+            idempotency = IdempotencyWindow(restoring: snapshot.idempotency)
             return ring.newestID
         }
     }
 
     /// Where the history starts: ids up to this one can no longer be replayed.
-    private var floorLocked: Int64 { store == nil ? ring.evictedThrough : storeFloor }
+    private var floorLocked: Int64 { store.keepsHistoryBeyondCache ? storeFloor : ring.evictedThrough }
     var historyFloor: Int64 { lock.withLock { floorLocked } }
 
     /// A start position for the in-memory store that is above every id an earlier run can
@@ -115,79 +101,46 @@ final class Hub: @unchecked Sendable {
         var repeated: Bool
     }
 
-    /// Publishes a batch atomically: all events get consecutive ids and enter the history
-    /// together, or (for a repeated idempotency key) nothing happens and the first ids return.
-    /// With a durable store the future completes once the batch is committed; until then no
-    /// subscriber sees it.
+    /// Publishes a batch atomically through the store: all events get ids and enter the
+    /// history together, or (for a repeated idempotency key) nothing happens and the first
+    /// ids return. The future completes once the store has committed the batch and it is
+    /// visible; a failed commit publishes nothing.
     ///
     /// Every shard, the publisher's own loop included, is nudged with an `execute` rather
     /// than delivering inline: under load the nudges coalesce, so a shard writes a burst of
     /// events to each stream with one flush (measured: inline delivery on the publishing
     /// loop cut fan-out throughput to a quarter, one flush per stream per event).
     func publish(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?, on loop: any EventLoop) -> EventLoopFuture<PublishOutcome> {
-        if store != nil {
-            return publishDurably(drafts, client: client, retain: retain, idempotencyKey: idempotencyKey, on: loop)
+        let request = AppendRequest(drafts: drafts, client: client, retain: retain, idempotencyKey: idempotencyKey,
+                                    created: WallClock.millisecondsSince1970())
+        guard let key = idempotencyKey else {
+            return store.append(request, on: loop).map { PublishOutcome(ids: $0, repeated: false) }
         }
-        let created = WallClock.millisecondsSince1970()
-        let outcome: PublishOutcome = lock.withLock {
-            if let idempotencyKey, let ids = idempotency[idempotencyKey] {
-                return PublishOutcome(ids: ids, repeated: true)
-            }
-            let events = makeEvents(drafts, client: client, created: created)
-            makeVisibleLocked(events, retain: retain, idempotencyKey: idempotencyKey)
-            return PublishOutcome(ids: events.map(\.id), repeated: false)
+        enum Step {
+            case answered([Int64])
+            case waitForEarlier(EventLoopFuture<[Int64]>)
+            case append(EventLoopPromise<[Int64]>)
         }
-        if !outcome.repeated { announce(count: outcome.ids.count) }
-        return loop.makeSucceededFuture(outcome)
-    }
-
-    private enum DurableStep {
-        case answered(PublishOutcome)
-        case waitForEarlier(EventLoopFuture<[Int64]>)
-        case queued(SQLiteStore.PendingBatch, EventLoopFuture<[Int64]>)
-    }
-
-    private func publishDurably(_ drafts: [EventDraft], client: String?, retain: Bool, idempotencyKey: String?, on loop: any EventLoop) -> EventLoopFuture<PublishOutcome> {
-        let created = WallClock.millisecondsSince1970()
-        let step: DurableStep = lock.withLock {
-            if let idempotencyKey {
-                if let ids = idempotency[idempotencyKey] { return .answered(PublishOutcome(ids: ids, repeated: true)) }
-                if let earlier = pendingKeys[idempotencyKey] { return .waitForEarlier(earlier) }
-            }
-            let events = makeEvents(drafts, client: client, created: created)
-            let ids = events.map(\.id)
-            let promise = loop.makePromise(of: Void.self)
-            let batch = SQLiteStore.PendingBatch(events: events, retain: retain, idempotencyKey: idempotencyKey, promise: promise)
-            let future = promise.futureResult.map { ids }
-            if let idempotencyKey { pendingKeys[idempotencyKey] = future }
-            // Queued under the lock, so the store commits batches in id order.
-            store!.enqueue(batch)
-            return .queued(batch, future)
+        // A key is either visible, or pending (a retry waits for the first attempt), or new:
+        // decided under the lock, so two concurrent calls with one key publish once.
+        let step: Step = lock.withLock {
+            if let ids = idempotency.ids(for: key) { return .answered(ids) }
+            if let earlier = pendingKeys[key] { return .waitForEarlier(earlier) }
+            let promise = loop.makePromise(of: [Int64].self)
+            pendingKeys[key] = promise.futureResult
+            return .append(promise)
         }
         switch step {
-        case .answered(let outcome):
-            return loop.makeSucceededFuture(outcome)
+        case .answered(let ids):
+            return loop.makeSucceededFuture(PublishOutcome(ids: ids, repeated: true))
         case .waitForEarlier(let earlier):
             return earlier.hop(to: loop).map { PublishOutcome(ids: $0, repeated: true) }
-        case .queued(let batch, let future):
-            if let key = batch.idempotencyKey {
-                future.whenFailure { _ in self.lock.withLock { self.pendingKeys[key] = nil } }
-            }
-            return future.map { PublishOutcome(ids: $0, repeated: false) }
+        case .append(let promise):
+            let appended = store.append(request, on: loop)
+            appended.whenFailure { _ in self.lock.withLock { self.pendingKeys[key] = nil } }
+            promise.completeWith(appended)
+            return appended.map { PublishOutcome(ids: $0, repeated: false) }
         }
-    }
-
-    /// Gives the drafts their ids. Lock held.
-    private func makeEvents(_ drafts: [EventDraft], client: String?, created: Int64) -> [StoredEvent] {
-        var events: [StoredEvent] = []
-        events.reserveCapacity(drafts.count)
-        for draft in drafts {
-            assignedThrough += 1
-            events.append(StoredEvent(
-                id: assignedThrough, topics: draft.topics, client: client, type: draft.type, data: draft.data,
-                created: created, allocator: allocator))
-        }
-        return events
     }
 
     /// Puts a batch into the ring (and per-topic logs), the retained set and the idempotency
@@ -201,11 +154,10 @@ final class Hub: @unchecked Sendable {
             }
         }
         if let idempotencyKey {
-            idempotency[idempotencyKey] = events.map(\.id)
-            idempotencyOrder.append((idempotencyKey, events.last!.id))
+            idempotency.record(key: idempotencyKey, ids: events.map(\.id))
             pendingKeys[idempotencyKey] = nil
         }
-        forgetEvictedKeys()
+        idempotency.forget(through: floorLocked)
     }
 
     private func announce(count: Int) {
@@ -213,8 +165,9 @@ final class Hub: @unchecked Sendable {
         for shard in shards { shard.scheduleDelivery() }
     }
 
-    /// The store committed these batches (in id order): subscribers may see them now.
-    func committed(_ batches: [SQLiteStore.PendingBatch]) {
+    /// ``CommittedEventSink``: the store committed these batches (in id order), here or on
+    /// another node: subscribers may see them now.
+    func committed(_ batches: [CommittedBatch]) {
         var count = 0
         lock.withLock {
             for batch in batches {
@@ -229,29 +182,20 @@ final class Hub: @unchecked Sendable {
         if count > 0 { announce(count: count) }
     }
 
-    /// `DELETE /events?topic=T` (SPEC §16): clears T's retained event. The future answers
-    /// false when T had none; with a durable store it completes once the deletion is
-    /// committed (in order with publishes, so a retain published before it stays cleared).
+    /// `DELETE /events?topic=T` (SPEC §16): clears T's retained event through the store (in
+    /// order with publishes, so a retain published before it stays cleared). The future
+    /// answers false when T had none.
     func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Bool> {
-        let queued: EventLoopFuture<Void>? = lock.withLock {
-            guard retained.entry(for: topic) != nil else { return nil }
-            guard let store else {
-                retained.remove(topic: topic)
-                return loop.makeSucceededVoidFuture()
-            }
-            let promise = loop.makePromise(of: Void.self)
-            store.enqueue(SQLiteStore.PendingBatch(events: [], retain: false, idempotencyKey: nil, promise: promise, clearRetained: topic))
-            return promise.futureResult
-        }
-        guard let queued else { return loop.makeSucceededFuture(false) }
-        return queued.map { true }
+        guard lock.withLock({ retained.entry(for: topic) != nil }) else { return loop.makeSucceededFuture(false) }
+        return store.clearRetained(topic: topic, on: loop).map { true }
     }
 
-    /// The store is about to delete ids up to `floor`: streams stop resuming into them.
-    func storeFloorAdvanced(to floor: Int64) {
+    /// ``CommittedEventSink``: the store is about to delete ids up to `floor`; streams stop
+    /// resuming into them.
+    func historyFloorAdvanced(to floor: Int64) {
         lock.withLock {
             storeFloor = max(storeFloor, floor)
-            forgetEvictedKeys()
+            idempotency.forget(through: floorLocked)
         }
     }
 
@@ -265,20 +209,7 @@ final class Hub: @unchecked Sendable {
                 logs.evict(oldest, keys: oldest.logKeys)
                 dropped = true
             }
-            if dropped { forgetEvictedKeys() }
-        }
-    }
-
-    /// Drops idempotency keys whose events have all left the history. Lock held.
-    private func forgetEvictedKeys() {
-        let evicted = floorLocked
-        while idempotencyOrderStart < idempotencyOrder.count, idempotencyOrder[idempotencyOrderStart].newestID <= evicted {
-            idempotency[idempotencyOrder[idempotencyOrderStart].key] = nil
-            idempotencyOrderStart += 1
-        }
-        if idempotencyOrderStart > 1024 && idempotencyOrderStart * 2 > idempotencyOrder.count {
-            idempotencyOrder.removeFirst(idempotencyOrderStart)
-            idempotencyOrderStart = 0
+            if dropped { idempotency.forget(through: floorLocked) }
         }
     }
 
@@ -323,7 +254,7 @@ final class Hub: @unchecked Sendable {
         lock.withLock {
             let pending = pendingLocked(after: shardPosition)
             guard let lastEventID else { return (pending, .fresh) }
-            switch ring.resumeDecision(for: lastEventID, floor: store == nil ? nil : storeFloor) {
+            switch ring.resumeDecision(for: lastEventID, floor: store.keepsHistoryBeyondCache ? storeFloor : nil) {
             case .resume(let after):
                 return (pending, .resume(after: after))
             case .reset(let reason):
@@ -422,6 +353,6 @@ final class Hub: @unchecked Sendable {
     var retainedCount: Int { lock.withLock { retained.count } }
 
     /// Counts for `/metrics` and `/health`.
-    var historySize: Int { store?.storedEventCount ?? lock.withLock { ring.count } }
+    var historySize: Int { store.storedEventCount ?? lock.withLock { ring.count } }
     var newestID: Int64 { lock.withLock { ring.newestID } }
 }

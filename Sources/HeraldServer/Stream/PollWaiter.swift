@@ -13,6 +13,19 @@ final class PollWaiter {
 
     /// The most events one answer carries; the client polls again for the rest.
     static let maxEvents = 1000
+    /// And about this many bytes of events (at least one event): a poll's answer is built
+    /// whole in memory, so its size is bounded like a replay slice.
+    static let maxBytes = 256 * 1024
+
+    /// The longest prefix of `events` within ``maxEvents`` and ``maxBytes`` (at least one).
+    static func bounded(_ events: [StoredEvent]) -> [StoredEvent] {
+        var bytes = 0
+        for (index, event) in events.enumerated() {
+            bytes += event.data.utf8.count + 64
+            if index + 1 >= maxEvents || bytes >= maxBytes { return Array(events[...index]) }
+        }
+        return events
+    }
 
     init(filter: TopicFilter, cursor: Int64, completion: @escaping Completion) {
         self.filter = filter

@@ -186,10 +186,10 @@ final class Shard: @unchecked Sendable {
                                  _ completion: @escaping ([StoredEvent]) -> Void) {
         guard !waiter.isDone else { return }
         let batch = hub.retainedBatch(
-            after: after, through: through, filter: waiter.filter, maxBytes: .max,
+            after: after, through: through, filter: waiter.filter, maxBytes: PollWaiter.maxBytes,
             maxEvents: PollWaiter.maxEvents - collected.count, maxScan: Self.replayBatchScan)
-        let all = collected + batch.events
-        if batch.finished || all.count >= PollWaiter.maxEvents {
+        let all = PollWaiter.bounded(collected + batch.events)
+        if batch.finished || all.count < collected.count + batch.events.count || all.count >= PollWaiter.maxEvents {
             completion(all)
             return
         }
@@ -205,14 +205,15 @@ final class Shard: @unchecked Sendable {
         guard !waiter.isDone else { return }
         let batch = hub.replayBatch(
             after: after, through: deliveredThrough, filter: waiter.filter,
-            maxBytes: .max, maxEvents: PollWaiter.maxEvents, maxScan: Self.replayBatchScan)
+            maxBytes: PollWaiter.maxBytes, maxEvents: PollWaiter.maxEvents, maxScan: Self.replayBatchScan)
         if batch.truncated {
             hub.metrics.resets.increment()
             let through = deliveredThrough
             collectRetained(for: waiter, through: through, after: .min) { waiter.finish($0, lastEventID: through, reset: true) }
             return
         }
-        if let storeThrough = batch.fromStoreThrough, let store = hub.store {
+        if let storeThrough = batch.fromStoreThrough {
+            let store = hub.store
             // Older than the ring: answer from the store with what matches in the next slice
             // (possibly nothing, with the position reached, so the client goes on).
             readStore(store, after: after, through: storeThrough, limit: PollWaiter.maxEvents, filter: waiter.filter) { result in
@@ -224,7 +225,8 @@ final class Shard: @unchecked Sendable {
                     let through = self.deliveredThrough
                     self.collectRetained(for: waiter, through: through, after: .min) { waiter.finish($0, lastEventID: through, reset: true) }
                 case .success(.slice(let matching, let reached)):
-                    waiter.finish(matching, lastEventID: reached, reset: false)
+                    let bounded = PollWaiter.bounded(matching)
+                    waiter.finish(bounded, lastEventID: bounded.count < matching.count ? bounded.last!.id : reached, reset: false)
                 }
             }
             return
@@ -276,6 +278,7 @@ final class Shard: @unchecked Sendable {
                 matched.append(event)
                 if matched.count == PollWaiter.maxEvents { break }
             }
+            matched = PollWaiter.bounded(matched)
             guard let last = matched.last else { continue }
             waiters[key] = nil
             waiter.finish(matched, lastEventID: last.id, reset: false)
@@ -334,9 +337,9 @@ final class Shard: @unchecked Sendable {
             stream.replaying = true
             hub.metrics.resets.increment()
         }
-        appendHello(token: request.token, topics: request.topics, resumed: resumed, to: &preamble)
+        ControlEvents.appendHello(client: request.token, topics: request.topics, resumed: resumed, to: &preamble)
         if let resetReason {
-            Self.appendReset(reason: resetReason, lastEventID: request.lastEventID ?? "", newest: deliveredThrough, to: &preamble)
+            ControlEvents.appendReset(reason: resetReason, lastEventID: request.lastEventID ?? "", newest: deliveredThrough, to: &preamble)
         }
 
         // Take the socket over: the stream handler goes first in the pipeline (its writes
@@ -369,8 +372,8 @@ final class Shard: @unchecked Sendable {
     private func continueReplay(_ stream: StreamConnection) {
         eventLoop.assertInEventLoop()
         guard stream.replaying, !stream.closed else { return }
-        if let retainedPosition = stream.retainedPosition {
-            continueRetained(stream, after: retainedPosition)
+        if stream.retainedPosition != StreamConnection.notRetaining {
+            continueRetained(stream, after: stream.retainedPosition)
             return
         }
         let batch = hub.replayBatch(
@@ -380,7 +383,8 @@ final class Shard: @unchecked Sendable {
             truncateReplay(stream)
             return
         }
-        if let storeThrough = batch.fromStoreThrough, let store = hub.store {
+        if let storeThrough = batch.fromStoreThrough {
+            let store = hub.store
             let after = stream.cursor
             readStore(store, after: after, through: storeThrough, limit: Self.replayBatchEvents, filter: stream.filter) { result in
                 guard stream.replaying, !stream.closed, stream.cursor == after else { return }
@@ -409,7 +413,7 @@ final class Shard: @unchecked Sendable {
     /// Reads the events after `after` (up to `through`, at most `limit`) from the durable
     /// store off the event loop, and hands what matches `filter` back on this loop.
     private func readStore(
-        _ store: SQLiteStore, after: Int64, through: Int64, limit: Int, filter: TopicFilter,
+        _ store: any EventStore, after: Int64, through: Int64, limit: Int, filter: TopicFilter,
         _ completion: @escaping (Result<StoreSlice, any Error>) -> Void
     ) {
         store.events(after: after, through: through, limit: limit)
@@ -440,7 +444,8 @@ final class Shard: @unchecked Sendable {
         }
         hub.metrics.bytesSent.increment(by: bytes)
         if batch.finished {
-            stream.retainedPosition = nil
+            stream.retainedPosition = StreamConnection.notRetaining
+            stream.retainedThrough = stream.cursor
             if stream.cursor >= deliveredThrough {
                 stream.replaying = false
                 stream.flush()
@@ -472,11 +477,13 @@ final class Shard: @unchecked Sendable {
     /// events (paced), then live.
     private func truncateReplay(_ stream: StreamConnection) {
         var bytes: [UInt8] = []
-        Self.appendReset(reason: .historyTruncated, lastEventID: String(stream.cursor), newest: deliveredThrough, to: &bytes)
+        ControlEvents.appendReset(reason: .historyTruncated, lastEventID: String(stream.cursor), newest: deliveredThrough, to: &bytes)
         stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
         hub.metrics.resets.increment()
         stream.cursor = deliveredThrough
-        stream.retainedPosition = .min
+        // The retained state again, as on connect; a stream that already got it up to some
+        // position gets only what changed after it.
+        stream.retainedPosition = stream.retainedThrough
         continueReplay(stream)
     }
 
@@ -504,25 +511,6 @@ final class Shard: @unchecked Sendable {
             return
         }
         pace(stream)
-    }
-
-    private func appendHello(token: String, topics: [String], resumed: Bool, to bytes: inout [UInt8]) {
-        var json = "{\"client\":"
-        JSON.appendQuoted(token, to: &json)
-        json += ",\"topics\":["
-        for (index, topic) in topics.enumerated() {
-            if index > 0 { json += "," }
-            JSON.appendQuoted(topic, to: &json)
-        }
-        json += "],\"resumed\":\(resumed)}"
-        SSEEncoder.appendEvent(id: nil, type: "herald.hello", data: json, to: &bytes)
-    }
-
-    static func appendReset(reason: ResetReason, lastEventID: String, newest: Int64, to bytes: inout [UInt8]) {
-        var json = "{\"reason\":\"\(reason.rawValue)\",\"lastEventId\":"
-        JSON.appendQuoted(lastEventID, to: &json)
-        json += "}"
-        SSEEncoder.appendEvent(id: newest, type: "herald.reset", data: json, to: &bytes)
     }
 
     // MARK: Closing

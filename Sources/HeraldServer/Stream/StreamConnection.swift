@@ -35,9 +35,16 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// While true the stream is catching up from history, paced by the socket, and live
     /// delivery leaves it alone.
     var replaying = false
-    /// While replaying: set during the retained phase of a stream's start (the retained
-    /// events come first, up to `cursor`), to the position reached among them.
-    var retainedPosition: Int64?
+    /// During the retained phase of a stream's start (the retained events with ids up to
+    /// `cursor` come first, paced like a replay): the position reached among them;
+    /// ``notRetaining`` otherwise. (Plain `Int64`s with sentinels: an optional would cost
+    /// each of a million streams 8 more bytes of padding.)
+    var retainedPosition: Int64 = StreamConnection.notRetaining
+    /// The position up to which this stream has been sent the retained state (`.min`: never).
+    /// After a reset only what changed since is sent again, so a slow client of a large
+    /// retained set is not sent all of it over and over.
+    var retainedThrough: Int64 = .min
+    static let notRetaining = Int64.max
     var closed = false
     /// Whether the stream is in the shard's list of streams to flush after a batch.
     var awaitingFlush = false

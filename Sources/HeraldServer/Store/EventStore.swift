@@ -1,0 +1,115 @@
+import HeraldCore
+import NIOCore
+
+/// Where events are kept and who gives them their ids (SPEC §9): the one seam a new store
+/// plugs into. `memory` (the ring only), `sqlite:PATH` (one durable file) and, for a
+/// cluster, a database shared by several nodes all sit behind it; ``HeraldServer`` picks one
+/// by the `--store` URL's scheme in ``HeraldConfiguration/Store`` and ``makeEventStore``.
+///
+/// The contract:
+/// - **The store assigns ids.** ``append(_:on:)`` gives a batch consecutive ids (or, for a
+///   shared database, ids in commit order) and completes once the batch is committed; a
+///   failed append publishes nothing.
+/// - **Committed batches enter the hub one way.** Every committed batch, whether appended
+///   here or (in a cluster) committed by another node, is handed to the
+///   ``CommittedEventSink`` given to ``open(sink:cacheCapacity:freshStart:)``, in id order,
+///   before the appender's future completes. Only then do subscribers see it.
+/// - **History past the cache** (``keepsHistoryBeyondCache``) is read back with
+///   ``events(after:through:limit:)`` off the event loop; the hub's ring is the hot cache.
+protocol EventStore: AnyObject, Sendable {
+    /// For logs and errors: `memory`, or the store's location.
+    var description: String { get }
+    /// Whether the store holds history the ring does not (then the history's floor is the
+    /// store's, moved by ``CommittedEventSink/historyFloorAdvanced(to:)``; otherwise it is
+    /// the ring's eviction point).
+    var keepsHistoryBeyondCache: Bool { get }
+
+    /// Opens the store and reads what a starting server continues from. `sink` receives
+    /// every committed batch from then on.
+    /// - Parameter freshStart: where a new store's id sequence starts after.
+    func open(sink: any CommittedEventSink, cacheCapacity: Int, freshStart: Int64) async throws -> StoreSnapshot
+
+    /// Appends a batch (atomically: all or none). The future completes with the ids once it
+    /// is committed and has been handed to the sink.
+    func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<[Int64]>
+
+    /// Clears `topic`'s retained event, in order with appends (a later retain wins).
+    func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Void>
+
+    /// Events with `after < id <= through`, oldest first, at most `limit`.
+    func events(after: Int64, through: Int64, limit: Int) -> EventLoopFuture<[StoredEvent]>
+
+    /// One retention pass soon (called once a second): by `--history` and `--history-max-age`.
+    func scheduleRetention()
+
+    /// Events in the store's history (for `/metrics`); nil when the ring is the history.
+    var storedEventCount: Int? { get }
+
+    /// The store's background work (a durable store's writer), run as a service from
+    /// after ``open(sink:cacheCapacity:freshStart:)`` until ``close()``.
+    func run() async
+
+    /// Stops taking appends, waits for the queued ones (they are answered) and for ``run()``
+    /// to finish, then closes.
+    func close() async
+}
+
+/// What a publisher asks to append.
+struct AppendRequest: Sendable {
+    var drafts: [EventDraft]
+    /// The token of a direct message (`POST /clients/{token}/events`).
+    var client: String?
+    var retain: Bool
+    var idempotencyKey: String?
+    /// Milliseconds since 1970 (for `--history-max-age`).
+    var created: Int64
+}
+
+/// A batch as committed: its events with their ids, or the clearing of a retained event.
+struct CommittedBatch: Sendable {
+    var events: [StoredEvent]
+    var retain: Bool
+    var idempotencyKey: String?
+    /// Not a publish: `DELETE /events?topic=T`.
+    var clearRetained: String?
+}
+
+/// What a store holds when it is opened.
+struct StoreSnapshot: Sendable {
+    /// The newest id ever committed (the sequence continues after it).
+    var lastID: Int64
+    /// Every id up to this one has left the history.
+    var floor: Int64
+    /// The newest events of the history, oldest first, at most the cache size.
+    var recent: [StoredEvent]
+    var eventCount: Int
+    /// Retained events, oldest first.
+    var retained: [(topic: String, event: StoredEvent)]
+    /// Idempotency keys, oldest first.
+    var idempotency: [(key: String, ids: [Int64])]
+
+    /// An empty store whose sequence starts after `start`.
+    static func empty(startingAfter start: Int64) -> StoreSnapshot {
+        StoreSnapshot(lastID: start, floor: start, recent: [], eventCount: 0, retained: [], idempotency: [])
+    }
+}
+
+/// The hub's side of the seam: where committed batches enter, local or remote.
+protocol CommittedEventSink: AnyObject, Sendable {
+    /// Batches committed, in id order: make them visible and deliver them.
+    func committed(_ batches: [CommittedBatch])
+    /// The store is about to delete ids up to `floor`: streams stop resuming into them.
+    func historyFloorAdvanced(to floor: Int64)
+}
+
+/// The store for a configuration: the one place a `--store` scheme becomes a store.
+func makeEventStore(for configuration: HeraldConfiguration, startingAfter start: Int64, loop: any EventLoop) -> any EventStore {
+    switch configuration.store {
+    case .memory:
+        return MemoryStore(startingAfter: start, allocator: ByteBufferAllocator())
+    case .sqlite(let path):
+        return SQLiteStore(
+            path: path, historyLimit: max(1, configuration.historyCapacity), retainedLimit: configuration.maxRetained,
+            maxAge: configuration.historyMaxAge, loop: loop, logger: configuration.logger)
+    }
+}
