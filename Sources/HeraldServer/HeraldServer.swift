@@ -83,15 +83,9 @@ public final class HeraldServer: Service, Sendable {
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
         let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
-        let limits = {
-            var limits = NIOHTTPDecoderLimitConfiguration()
-            limits.maxHeaderListSize = configuration.maxHeaderBytes
-            limits.maxHeaderFieldSize = configuration.maxHeaderBytes
-            return limits
-        }()
-
         let channel: any Channel
         let maxQueuedBytes = max(1, configuration.maxQueuedBytes)
+        let maxHeaderBytes = configuration.maxHeaderBytes
         do {
             channel = try await ServerBootstrap(group: group)
                 // Out of file descriptors (EMFILE/ENFILE), `accept` fails while the listener
@@ -113,19 +107,14 @@ public final class HeraldServer: Service, Sendable {
                 // the connection lives. A 2 KiB default would be most of an idle stream's
                 // memory; request heads fit in 512 bytes, and the allocator grows for bodies.
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
-                // Back-pressure on every connection (SPEC §16): once a connection's unsent
-                // output passes --max-queued-bytes, BackPressureHandler stops reading from it
-                // until the client has taken some, so a client that pipelines requests and
-                // never reads the answers cannot make the server's memory grow.
+                // The watermark at which a connection counts as not writable: BackPressureHandler
+                // (in HTTP1Handlers) stops reading from it, HTTPHandler holds its next request,
+                // a stream is closed as a slow consumer (SPEC §16).
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: maxQueuedBytes / 2, high: maxQueuedBytes))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let operations = channel.pipeline.syncOperations
-                        try operations.addHandler(BackPressureHandler())
-                        try operations.configureHTTPServerPipeline(
-                            withPipeliningAssistance: true, withErrorHandling: false, withEncoderConfiguration: .init(),
-                            withDecoderLimitConfiguration: limits)
-                        try operations.addHandler(HTTPHandler(server: context))
+                        let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes)
+                        try channel.pipeline.syncOperations.addHandler(HTTPHandler(server: context, handlers: handlers))
                     }
                 }
                 .bind(host: configuration.host, port: configuration.port)

@@ -80,53 +80,37 @@ extension HTTPHandler {
 
         let chunked = !configuration.noChunked && !(request.version.major == 1 && request.version.minor == 0)
         let clientToken = subscription.token ?? Self.randomToken()
-        var head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store, no-transform\r\nX-Accel-Buffering: no\r\n"
-        head += chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n"
+        var headers = HTTPHeaders([
+            ("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-store, no-transform"),
+            ("X-Accel-Buffering", "no"),
+        ])
+        headers.add(name: chunked ? "Transfer-Encoding" : "Connection", value: chunked ? "chunked" : "close")
         for (name, value) in server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .open) {
-            head += "\(name): \(value)\r\n"
+            headers.add(name: name, value: value)
         }
-        head += "\r\n"
-        var headBuffer = context.channel.allocator.buffer(capacity: head.utf8.count)
-        headBuffer.writeString(head)
-
         let streamRequest = Shard.StreamRequest(
             token: clientToken, topics: subscription.topics, filter: subscription.filter,
             lastEventID: subscription.lastEventID, paddingBytes: subscription.paddingBytes, chunked: chunked,
-            retryMilliseconds: configuration.retryMilliseconds, head: headBuffer)
+            retryMilliseconds: configuration.retryMilliseconds, direct: true)
         state = .streaming
+        // The head goes through the HTTP encoder; the stream's own bytes then follow it
+        // straight to the socket (they are framed by Herald, see StoredEvent).
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        let start: () -> Void
         do {
-            try hub.shard(for: context.eventLoop).open(streamRequest, httpContext: context)
+            start = try hub.shard(for: context.eventLoop).open(streamRequest, httpContext: context)
         } catch {
             hub.openStreams.wrappingDecrement(ordering: .relaxed)
             server.logger.debug("could not open stream", metadata: ["error": "\(error)"])
             context.close(promise: nil)
             return
         }
-        // The HTTP codec is not needed any more; remove it after this read has unwound.
+        start()
+        // The HTTP handlers are not needed any more; remove them after this read has unwound.
         let pipeline = context.pipeline
+        let handlers = self.handlers
         context.eventLoop.assumeIsolated().execute {
-            Self.removeHTTPHandlers(from: pipeline)
-        }
-    }
-
-    static func removeHTTPHandlers(from pipeline: ChannelPipeline) {
-        let operations = pipeline.syncOperations
-        if let decoder = try? operations.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self) {
-            operations.removeHandler(context: decoder, promise: nil)
-        }
-        if let encoder = try? operations.context(handlerType: HTTPResponseEncoder.self) {
-            operations.removeHandler(context: encoder, promise: nil)
-        }
-        if let pipelining = try? operations.context(handlerType: HTTPServerPipelineHandler.self) {
-            operations.removeHandler(context: pipelining, promise: nil)
-        }
-        if let handler = try? operations.context(handlerType: HTTPHandler.self) {
-            operations.removeHandler(context: handler, promise: nil)
-        }
-        // A stream has its own slow-consumer rule (it is closed, not paused) and must keep
-        // reading to notice the peer closing.
-        if let backPressure = try? operations.context(handlerType: BackPressureHandler.self) {
-            operations.removeHandler(context: backPressure, promise: nil)
+            handlers.remove(from: pipeline, with: self)
         }
     }
 

@@ -44,8 +44,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     var pollWaiter: PollWaiter?
     private var headTimer: Scheduled<Void>?
 
-    init(server: ServerContext) {
+    /// The HTTP/1.1 handlers below this one, removed when the connection becomes a stream.
+    let handlers: HTTP1Handlers
+
+    init(server: ServerContext, handlers: HTTP1Handlers) {
         self.server = server
+        self.handlers = handlers
     }
 
     var configuration: HeraldConfiguration { server.configuration }
@@ -109,7 +113,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var text = "HTTP/1.1 \(problem.status.code) \(problem.status.reasonPhrase)\r\n"
         text += "Content-Type: application/problem+json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
         text += body
-        guard let codec = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self) else {
+        guard let codec = try? context.pipeline.syncOperations.context(handler: handlers.encoder) else {
             context.close(promise: nil)
             return
         }

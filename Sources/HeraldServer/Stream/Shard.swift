@@ -296,14 +296,21 @@ final class Shard: @unchecked Sendable {
         var paddingBytes: Int?
         var chunked: Bool
         var retryMilliseconds: Int
-        /// The response head (status line and headers), already serialised.
-        var head: ByteBuffer
+        /// Whether the stream may write to the socket directly (cleartext HTTP/1.1; see
+        /// ``StreamSink``), or must write through its pipeline (TLS, HTTP/2).
+        var direct: Bool
     }
 
-    /// Turns the connection of `context` into an event stream. Runs on this shard's loop,
-    /// inside the HTTP handler's read, so that registering the stream and computing where
-    /// it starts happen in one tick with no event in between.
-    func open(_ request: StreamRequest, httpContext context: ChannelHandlerContext) throws {
+    /// Turns the connection of `context` into an event stream, once its response head is
+    /// written. Runs on this shard's loop, inside the HTTP handler's read, so that
+    /// registering the stream and computing where it starts happen in one tick with no
+    /// event in between.
+    ///
+    /// - Returns: the stream's start, which writes its first bytes and begins its replay.
+    ///   A direct stream starts at once (call it right away); one written through its
+    ///   pipeline starts once the HTTP handlers below it are gone. Until it starts, live
+    ///   delivery leaves it alone, and its replay covers whatever was published meanwhile.
+    func open(_ request: StreamRequest, httpContext context: ChannelHandlerContext) throws -> () -> Void {
         eventLoop.assertInEventLoop()
         let (pending, opening) = hub.openStream(
             shardPosition: deliveredThrough, lastEventID: request.lastEventID, filter: request.filter)
@@ -312,7 +319,8 @@ final class Shard: @unchecked Sendable {
         let now = NIODeadline.now()
         let stream = StreamConnection(
             shard: self, token: request.token, topics: request.topics, filter: request.filter,
-            chunked: request.chunked, connectedAt: WallClock.millisecondsSince1970(), cursor: deliveredThrough, now: now)
+            chunked: request.chunked, direct: request.direct, connectedAt: WallClock.millisecondsSince1970(),
+            cursor: deliveredThrough, now: now)
 
         var preamble: [UInt8] = []
         SSEEncoder.appendRetry(milliseconds: request.retryMilliseconds, to: &preamble)
@@ -329,7 +337,7 @@ final class Shard: @unchecked Sendable {
         case .resume(let after):
             resumed = true
             stream.cursor = after
-            stream.replaying = after < deliveredThrough
+            stream.replaying = true // until start() has caught it up
             hub.metrics.replays.increment()
         case .reset(let reason):
             resetReason = reason
@@ -342,12 +350,13 @@ final class Shard: @unchecked Sendable {
             ControlEvents.appendReset(reason: resetReason, lastEventID: request.lastEventID ?? "", newest: deliveredThrough, to: &preamble)
         }
 
-        // Take the socket over: the stream handler goes first in the pipeline (its writes
-        // reach the socket directly) and the HTTP codec is removed on the next tick (a
-        // stream only needs to notice the peer closing). The write-buffer watermark is the
+        // Take the socket over. A direct stream handler goes first in the pipeline (its
+        // writes reach the socket directly); one written through the pipeline goes last,
+        // above TLS or HTTP/2 framing. The HTTP codec is removed on the next tick (a stream
+        // only needs to notice the peer closing). The write-buffer watermark is the
         // slow-consumer limit.
         let channel = context.channel
-        try context.pipeline.syncOperations.addHandler(stream, position: .first)
+        try context.pipeline.syncOperations.addHandler(stream, position: request.direct ? .first : .last)
         if let options = channel.syncOptions {
             let high = max(1, maxQueuedBytes)
             try options.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
@@ -357,12 +366,11 @@ final class Shard: @unchecked Sendable {
         index.insert(stream, filter: request.filter)
         appendToKeepAliveList(stream)
 
-        stream.write(request.head)
-        stream.write(WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator))
-        if stream.replaying {
-            continueReplay(stream)
-        } else {
-            stream.flush()
+        let firstBytes = WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator)
+        return {
+            guard !stream.closed else { return }
+            stream.write(firstBytes)
+            self.continueReplay(stream)
         }
     }
 
