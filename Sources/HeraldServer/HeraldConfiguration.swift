@@ -10,6 +10,24 @@ public struct HeraldConfiguration: Sendable {
         case memory
         /// A SQLite file: every acknowledged event is durable; survives restart and crash.
         case sqlite(path: String)
+
+        /// The store a `--store` URL names: `memory` or `sqlite:PATH`. The scheme is read here
+        /// and nowhere else; ``makeEventStore(for:startingAfter:loop:)`` makes the store.
+        public init(url: String) throws(ConfigurationError) {
+            if url == "memory" {
+                self = .memory
+            } else if url.hasPrefix("sqlite:") {
+                let path = String(url.dropFirst("sqlite:".count))
+                guard !path.isEmpty else {
+                    throw ConfigurationError("--store sqlite:PATH needs a file path, e.g. sqlite:/var/lib/herald/events.db")
+                }
+                self = .sqlite(path: path)
+            } else if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
+                throw ConfigurationError("--store postgres:// (cluster mode) is not available in this version; use 'memory' or 'sqlite:PATH'")
+            } else {
+                throw ConfigurationError("--store '\(url)' is not a store; use 'memory' or 'sqlite:PATH'")
+            }
+        }
     }
 
     public var host = "127.0.0.1"

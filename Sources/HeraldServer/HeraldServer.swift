@@ -83,6 +83,7 @@ public final class HeraldServer: Service, Sendable {
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
         let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
+        let responders = Responders(server: context)
         let channel: any Channel
         let maxQueuedBytes = max(1, configuration.maxQueuedBytes)
         let maxHeaderBytes = configuration.maxHeaderBytes
@@ -114,7 +115,8 @@ public final class HeraldServer: Service, Sendable {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes)
-                        try channel.pipeline.syncOperations.addHandler(HTTPHandler(server: context, handlers: handlers))
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPHandler(server: context, responders: responders, handlers: handlers))
                     }
                 }
                 .bind(host: configuration.host, port: configuration.port)

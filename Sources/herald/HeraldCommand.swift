@@ -91,20 +91,6 @@ struct HeraldCommand: AsyncParsableCommand {
         _ = try makeConfiguration()
     }
 
-    /// `memory` or `sqlite:PATH`; `postgres://` (cluster mode) is not built yet.
-    func parsedStore() throws -> HeraldConfiguration.Store {
-        if store == "memory" { return .memory }
-        if store.hasPrefix("sqlite:") {
-            let path = String(store.dropFirst("sqlite:".count))
-            guard !path.isEmpty else { throw ValidationError("--store sqlite:PATH needs a file path, e.g. sqlite:/var/lib/herald/events.db") }
-            return .sqlite(path: path)
-        }
-        if store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") {
-            throw ValidationError("--store postgres:// (cluster mode) is not available in this version; use 'memory' or 'sqlite:PATH'")
-        }
-        throw ValidationError("--store '\(store)' is not a store; use 'memory' or 'sqlite:PATH'")
-    }
-
     /// Flags -> configuration, validated; every refusal is a usage error naming the flag.
     func makeConfiguration() throws -> HeraldConfiguration {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a level") }
@@ -118,7 +104,7 @@ struct HeraldCommand: AsyncParsableCommand {
                 try HeraldConfiguration.duration(seconds: $0, flag: "--history-max-age", range: 0.001...(100 * 365 * 86_400))
             }
             configuration.cacheCapacity = cache
-            configuration.store = try parsedStore()
+            configuration.store = try HeraldConfiguration.Store(url: store)
             configuration.keepAlive = keepalive
             _ = try HeraldConfiguration.duration(seconds: keepalive, flag: "--keepalive", range: 0.001...86_400)
             configuration.retryMilliseconds = retryMilliseconds

@@ -1,3 +1,4 @@
+import HTTPTypes
 import HeraldCore
 import Logging
 import NIOCore
@@ -6,50 +7,39 @@ import NIOHTTP1
 /// Serves one HTTP/1.1 connection until it becomes an event stream (then it hands the
 /// socket to a ``StreamConnection`` and leaves the pipeline) or closes.
 ///
-/// NIO's `HTTPServerPipelineHandler` in front of it delivers one request at a time, so
-/// keep-alive and pipelining need nothing here beyond answering in order. The handler also
-/// enforces the request-head timeout and the body limit, and turns parser errors into
-/// problem+json answers.
+/// It is the HTTP/1.1 transport of the version-neutral ``Responders``: it turns each request
+/// into an ``EndpointRequest`` and writes the reply (an answer, a file from disk, or the head
+/// of an event stream). NIO's `HTTPServerPipelineHandler` in front of it delivers one request
+/// at a time, so keep-alive and pipelining need nothing here beyond answering in order. The
+/// connection's lifecycle (timeouts, bodies, answers, parse errors) is decided by an
+/// ``HTTPConnectionMachine``; this handler turns channel events into its events and carries
+/// out the actions it returns.
 final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    enum State {
-        /// Waiting for a request head.
-        case idle
-        /// Reading a request's body.
-        case receiving
-        /// The request's answer is being produced (its body, if it has one that this route
-        /// does not take, is being dropped as it arrives).
-        case answering
-        /// The connection is an event stream now; this handler is on its way out.
-        case streaming
-        case closing
-    }
-
     let server: ServerContext
-    var state = State.idle
+    let responders: Responders
+    var machine: HTTPConnectionMachine
     var request: HTTPRequestHead?
     var route = Route.unknownAPI
     var body: ByteBuffer?
-    /// The request announced a body that is not wanted: its bytes are dropped as they
-    /// arrive, and the connection closes after the answer (where the body ends is not
-    /// worth reading to find out).
-    var discardingBody = false
-    /// Garbage that followed a request whose answer is still being produced: that answer
-    /// goes out first, then this one, then the connection closes.
-    var problemAfterAnswer: Problem?
     var hasUnterminatedResponse = false
-    /// A long poll of this connection that is waiting for events.
-    var pollWaiter: PollWaiter?
-    private var headTimer: Scheduled<Void>?
+    /// The request being answered (a waiting long poll is cancelled through it when the
+    /// connection closes).
+    private var scope: RequestScope?
+    private var timer: Scheduled<Void>?
 
     /// The HTTP/1.1 handlers below this one, removed when the connection becomes a stream.
     let handlers: HTTP1Handlers
 
-    init(server: ServerContext, handlers: HTTP1Handlers) {
+    init(server: ServerContext, responders: Responders, handlers: HTTP1Handlers) {
         self.server = server
+        self.responders = responders
         self.handlers = handlers
+        self.machine = HTTPConnectionMachine(
+            headTimeout: server.configuration.requestHeadTimeout, bodyTimeout: server.configuration.requestBodyTimeout,
+            maxBodyBytes: server.configuration.maxBodyBytes)
     }
 
     var configuration: HeraldConfiguration { server.configuration }
@@ -57,57 +47,63 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: Lifecycle and timeouts
 
     func channelActive(context: ChannelHandlerContext) {
-        armHeadTimer(context: context)
+        perform(machine.connectionActive(now: context.eventLoop.now), context: context)
         context.fireChannelActive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        headTimer?.cancel()
-        headTimer = nil
+        timer?.cancel()
+        timer = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        headTimer?.cancel()
-        headTimer = nil
-        cancelPoll(context: context)
+        timer?.cancel()
+        timer = nil
+        machine.closed()
+        scope?.cancel()
+        scope = nil
         context.fireChannelInactive()
     }
 
-    /// A client gets `requestHeadTimeout` to send a complete request head (slow or idle
-    /// connections are answered 408 and closed, so they cannot pin a socket forever).
-    private func armHeadTimer(context: ChannelHandlerContext) {
-        headTimer?.cancel()
-        headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestHeadTimeout) { [weak self] in
-            guard let self, self.state == .idle else { return }
-            self.sendRawProblemAndClose(
-                Problem(.requestTimeout, "the request head did not arrive within \(self.configuration.requestHeadTimeout.nanoseconds / 1_000_000_000) s"),
-                context: context)
-        }
-    }
-
-    /// A request body must be complete within `requestBodyTimeout` of its head.
-    private func armBodyTimer(context: ChannelHandlerContext) {
-        headTimer?.cancel()
-        headTimer = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.requestBodyTimeout) { [weak self] in
-            guard let self, self.state == .receiving || self.discardingBody else { return }
-            if self.state != .receiving {
-                // Its answer is out or on its way: no 408 may be spliced into it.
-                self.state = .closing
+    /// Carries out the machine's actions.
+    func perform(_ actions: [HTTPConnectionMachine.Action], context: ChannelHandlerContext) {
+        for action in actions {
+            switch action {
+            case .arm(let kind, let deadline):
+                timer?.cancel()
+                timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+                    guard let self else { return }
+                    self.timer = nil
+                    self.perform(self.machine.timerFired(kind, now: context.eventLoop.now), context: context)
+                }
+            case .cancelTimer:
+                timer?.cancel()
+                timer = nil
+            case .keepBody:
+                break // the caller keeps the chunk
+            case .dispatch:
+                dispatch(context: context)
+            case .refuse(var problem, let close):
+                problem.closeConnection = close
+                sendProblem(problem, context: context, request: request)
+            case .sendContinue:
+                if let request {
+                    context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: .continue))), promise: nil)
+                }
+            case .sendRawAndClose(let problem):
+                sendRawProblemAndClose(problem, context: context)
+            case .close:
                 context.close(promise: nil)
-                return
+            case .lingeringClose:
+                Self.lingeringClose(context)
             }
-            self.sendRawProblemAndClose(
-                Problem(.requestTimeout, "the request body did not arrive within \(self.configuration.requestBodyTimeout.nanoseconds / 1_000_000_000) s"),
-                context: context)
         }
     }
 
     /// Answers outside the request/response cycle (a timeout, a request that could not be
     /// parsed) by writing the bytes below the HTTP codec, then closes. NIO's pipelining
     /// handler rightly refuses a response for a request it never saw.
-    func sendRawProblemAndClose(_ problem: Problem, context: ChannelHandlerContext) {
-        guard state != .closing, state != .streaming else { return }
-        state = .closing
+    private func sendRawProblemAndClose(_ problem: Problem, context: ChannelHandlerContext) {
         server.metrics.rejectedRequests.increment()
         let body = problem.json
         var text = "HTTP/1.1 \(problem.status.code) \(problem.status.reasonPhrase)\r\n"
@@ -142,19 +138,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             default:
                 problem = Problem(.badRequest, "malformed HTTP request (\(parserError))")
             }
-            // A connection between requests is answered at once. One whose previous request
-            // is still being answered (a file read, a poll, a durable publish) gets that
-            // answer first: the garbage after a valid request must not cost its response.
-            if state == .idle || state == .receiving {
-                sendRawProblemAndClose(problem, context: context)
-            } else if state == .answering {
-                problemAfterAnswer = problem
-            } else if state == .closing {
-                // The last answer is being written; its completion closes the connection.
-            } else {
-                state = .closing
-                context.close(promise: nil)
-            }
+            perform(machine.parseError(problem), context: context)
             return
         }
         if let decoderError = error as? ByteToMessageDecoderError, case .dataReceivedInErrorState = decoderError {
@@ -163,6 +147,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         server.logger.debug("connection error", metadata: ["error": "\(error)"])
+        machine.closed()
         context.close(promise: nil)
     }
 
@@ -170,14 +155,15 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Request parts held back: delivered while an answer was being written (NIO's pipelining
     /// handler hands over the next buffered request from inside the write of the last
-    /// answer's end, so answering it there would recurse once per pipelined request: a few
-    /// thousand `GET /health` in one packet would overflow the stack), or a new request while
-    /// the connection's unsent output is over its limit (back-pressure: nothing more is
-    /// answered until the client reads). Processed in order from the event loop.
+    /// answer's end, so answering it there would recurse once per pipelined request), or a
+    /// new request while the connection's unsent output is over its limit (back-pressure:
+    /// nothing more is answered until the client reads). Processed in order from the loop.
     private var backlog: [HTTPServerRequestPart] = []
     private var backlogScheduled = false
     /// How deep inside the writing of an answer's end we are.
     private var writingAnswer = 0
+
+    private var isDone: Bool { machine.state == .closing || machine.state == .streaming }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
@@ -199,13 +185,13 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         backlogScheduled = true
         context.eventLoop.assumeIsolated().execute {
             self.backlogScheduled = false
-            while !self.backlog.isEmpty, self.writingAnswer == 0, self.state != .closing, self.state != .streaming {
+            while !self.backlog.isEmpty, self.writingAnswer == 0, !self.isDone {
                 if !context.channel.isWritable && Self.isHead(self.backlog[0]) {
                     return // resumed by channelWritabilityChanged
                 }
                 self.handle(self.backlog.removeFirst(), context: context)
             }
-            if self.state == .closing || self.state == .streaming { self.backlog.removeAll() }
+            if self.isDone { self.backlog.removeAll() }
         }
     }
 
@@ -217,56 +203,27 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
-            guard state == .idle else { return }
-            headTimer?.cancel()
-            headTimer = nil
-            beginRequest(head, context: context)
+            guard machine.state == .idle else { return }
+            request = head
+            body = nil
+            perform(machine.headReceived(examine(head, context: context), now: context.eventLoop.now), context: context)
         case .body(var chunk):
-            switch state {
-            case .receiving where !discardingBody:
-                if (body?.readableBytes ?? 0) + chunk.readableBytes > configuration.maxBodyBytes {
-                    body = nil
-                    discardingBody = true
-                    state = .answering
-                    sendProblem(
-                        Problem(.payloadTooLarge, "the body is larger than --max-body-bytes (\(configuration.maxBodyBytes) bytes)",
-                                closeConnection: true),
-                        context: context, request: request)
-                    return
-                }
-                if body == nil {
-                    body = chunk
-                } else {
-                    body!.writeBuffer(&chunk)
-                }
-            default:
-                break
+            let total = (body?.readableBytes ?? 0) + chunk.readableBytes
+            let actions = machine.bodyReceived(total: total)
+            if actions == [.keepBody] {
+                if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
+            } else {
+                body = nil
+                perform(actions, context: context)
             }
         case .end:
-            switch state {
-            case .receiving:
-                state = .answering
-                headTimer?.cancel()
-                headTimer = nil
-                dispatch(context: context)
-            default:
-                if discardingBody {
-                    // The unwanted body is over: its timer has nothing left to guard.
-                    headTimer?.cancel()
-                    headTimer = nil
-                }
-            }
+            perform(machine.endReceived(), context: context)
         }
     }
 
-    /// Decides from the head alone what happens to the request (SPEC §16): refusals
-    /// (too long, unauthorised, too large) and requests to routes that take no body are
-    /// answered at once, without reading a body; only a publish body is buffered.
-    private func beginRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        request = head
-        body = nil
-        discardingBody = false
-        state = .receiving
+    /// What the head alone decides (SPEC §16): refusals (too long, unauthorised, too large)
+    /// and whether a body is announced and wanted. Only a publish body is ever read.
+    private func examine(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> HTTPConnectionMachine.Head {
         let uri = head.uri
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
         route = Route(path: path)
@@ -274,47 +231,23 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let length = lengthHeader.flatMap { HTTPNumber.parse($0) }
         let announcesBody = (length ?? 0) > 0 || lengthHeader.map({ HTTPNumber.parse($0) == nil }) == true
             || head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased().contains("chunked") }
-
-        func answerNow(_ problem: Problem?) {
-            // Whatever body follows is dropped unread, and the connection closes after the
-            // answer if there is one.
-            discardingBody = announcesBody
-            state = .answering
-            if announcesBody { armBodyTimer(context: context) }
-            if let problem {
-                var problem = problem
-                problem.closeConnection = problem.closeConnection || announcesBody
-                sendProblem(problem, context: context, request: head)
-            } else {
-                dispatch(context: context)
-            }
-        }
-
+        let method = HTTPRequest.Method(head.method.rawValue) ?? .get
+        let takesBody = route.takesBody(method)
+        var refusal: Problem?
         if uri.utf8.count > 8192 {
-            // Answer now and close, whatever body may follow (waiting for it would let a
+            // Answered now and closed, whatever body may follow (waiting for it would let a
             // client that never sends it hold the connection).
-            answerNow(Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true))
-            return
+            refusal = Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true)
+        } else if method != .options && route.requiresPublisher(method), let problem = authorize(head, context: context) {
+            refusal = problem
+        } else if takesBody, let length, length > configuration.maxBodyBytes {
+            // Reading a body that will be refused only wastes time.
+            refusal = Problem(.payloadTooLarge, "the body is \(length) bytes; --max-body-bytes allows \(configuration.maxBodyBytes)",
+                              closeConnection: true)
         }
-        if head.method != .OPTIONS && route.requiresPublisher(head.method), let problem = authorize(head, context: context) {
-            answerNow(problem)
-            return
-        }
-        if announcesBody && !route.takesBody(head.method) {
-            // Only publishing takes a body: anything else is answered from its head.
-            answerNow(nil)
-            return
-        }
-        if let length, length > configuration.maxBodyBytes {
-            // Answer now and close: reading a body we will refuse only wastes time.
-            answerNow(Problem(.payloadTooLarge, "the body is \(length) bytes; --max-body-bytes allows \(configuration.maxBodyBytes)",
-                              closeConnection: true))
-            return
-        }
-        if announcesBody { armBodyTimer(context: context) }
-        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
-        }
+        return HTTPConnectionMachine.Head(
+            announcesBody: announcesBody, takesBody: takesBody, refusal: refusal,
+            expectsContinue: head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }))
     }
 
     /// Publisher authorisation, by the server's ``Authorizer``.
@@ -324,96 +257,90 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: Dispatch
 
+    /// Hands the complete request to the responders and writes their reply.
     private func dispatch(context: ChannelHandlerContext) {
-        guard let request else { return }
-        let method = request.method
-        if method == .OPTIONS {
-            answerOptions(context: context, request: request)
+        guard let head = request else { return }
+        guard let method = HTTPRequest.Method(head.method.rawValue) else {
+            sendProblem(Problem(.badRequest, "the method is not a valid token"), context: context, request: head)
             return
         }
-        do {
-            switch (route, method) {
-            case (.events, .GET): try subscribe(context: context, request: request)
-            case (.events, .POST): try publish(context: context, request: request, directTo: nil)
-            case (.events, .DELETE): try clearRetained(context: context, request: request)
-            case (.clientEvents(let token), .POST):
-                try validateToken(token)
-                try publish(context: context, request: request, directTo: token)
-            case (.clients, .GET): listClients(context: context, request: request, token: nil)
-            case (.client(let token), .GET):
-                try validateToken(token)
-                listClients(context: context, request: request, token: token)
-            case (.client(let token), .DELETE):
-                try validateToken(token)
-                disconnectClient(context: context, request: request, token: token)
-            case (.poll, .GET): try longPoll(context: context, request: request)
-            case (.health, .GET), (.health, .HEAD):
-                respondJSON(context: context, request: request, status: .ok, json: "{\"status\":\"ok\"}")
-            case (.metrics, .GET), (.metrics, .HEAD):
-                serveMetrics(context: context, request: request)
-            case (.staticFile(let path), .GET), (.staticFile(let path), .HEAD):
-                serveStatic(context: context, request: request, path: path)
-            case (.unknownAPI, _):
-                throw Problem(.notFound, "no such endpoint: \(request.method.rawValue) \(request.uri.prefix(200))")
-            default:
-                throw Problem.methodNotAllowed(method, allowed: route.allowedMethods)
+        var fields = HTTPFields()
+        for (name, value) in head.headers {
+            if let name = HTTPField.Name(name) { fields.append(HTTPField(name: name, value: value)) }
+        }
+        let endpointRequest = EndpointRequest(
+            head: HTTPRequest(method: method, scheme: nil, authority: head.headers.first(name: "host"), path: head.uri, headerFields: fields),
+            body: body,
+            credentials: RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress)),
+            streamsCloseDelimited: head.version.major == 1 && head.version.minor == 0,
+            eventLoop: context.eventLoop, allocator: context.channel.allocator)
+        body = nil
+        let scope = RequestScope()
+        self.scope = scope
+        responders.respond(to: endpointRequest, route: route, scope: scope).assumeIsolated().whenComplete { result in
+            scope.finish()
+            if self.scope === scope { self.scope = nil }
+            guard case .success(let reply) = result else { return } // abandoned: the client left
+            switch reply {
+            case .answer(let answer):
+                self.respond(context: context, request: head, status: Self.status(answer.status),
+                             headers: Self.pairs(answer.headers), body: answer.body, close: answer.closes)
+            case .file(let entry, let headers):
+                self.streamFile(entry, headers: Self.pairs(headers), context: context, request: head)
+            case .stream(let stream, let headers):
+                self.openStream(stream, headers: headers, context: context)
             }
-        } catch let problem as Problem {
-            sendProblem(problem, context: context, request: request)
-        } catch let error as ValidationError {
-            sendProblem(Problem(.badRequest, error.detail), context: context, request: request)
+        }
+    }
+
+    static func status(_ status: HTTPResponse.Status) -> HTTPResponseStatus {
+        HTTPResponseStatus(statusCode: status.code, reasonPhrase: status.reasonPhrase)
+    }
+
+    static func pairs(_ fields: HTTPFields) -> [(String, String)] {
+        fields.map { ($0.name.rawName, $0.value) }
+    }
+
+    /// Turns the connection into an event stream: the head through NIO's encoder, then the
+    /// stream handed to its shard, which writes straight to the socket from then on.
+    private func openStream(_ stream: Shard.StreamRequest, headers: HTTPFields, context: ChannelHandlerContext) {
+        let hub = server.hub
+        guard machine.mayAnswer else {
+            hub.openStreams.wrappingDecrement(ordering: .relaxed)
+            return
+        }
+        var nioHeaders = HTTPHeaders(Self.pairs(headers))
+        nioHeaders.add(name: stream.chunked ? "Transfer-Encoding" : "Connection", value: stream.chunked ? "chunked" : "close")
+        machine.becameStream()
+        // The head goes through the HTTP encoder; the stream's own bytes then follow it
+        // straight to the socket (they are framed by Herald, see StoredEvent).
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: nioHeaders))), promise: nil)
+        let start: () -> Void
+        do {
+            start = try hub.shard(for: context.eventLoop).open(stream, httpContext: context)
         } catch {
-            // Logged, not shown: internal error text is no business of the client's.
-            server.logger.error("request failed", metadata: ["error": "\(error)", "herald.path": "\(request.uri.prefix(200))"])
-            sendProblem(Problem(.internalServerError, "the server failed to answer this request; the cause is in its log"),
-                        context: context, request: request)
+            hub.openStreams.wrappingDecrement(ordering: .relaxed)
+            server.logger.debug("could not open stream", metadata: ["error": "\(error)"])
+            machine.closed()
+            context.close(promise: nil)
+            return
         }
-    }
-
-    func validateToken(_ token: String) throws {
-        do { try TopicRules.validate(clientToken: token) } catch { throw Problem(.badRequest, error.detail) }
-    }
-
-    private func answerOptions(context: ChannelHandlerContext, request: HTTPRequestHead) {
-        var headers: [(String, String)] = [("Allow", route.allowedMethods)]
-        let requestedMethod = request.headers.first(name: "access-control-request-method").map { HTTPMethod(rawValue: $0) } ?? .GET
-        let cors = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: route.corsScope(requestedMethod))
-        if !cors.isEmpty {
-            headers += cors
-            headers.append(("Access-Control-Allow-Methods", route.allowedMethods))
-            headers.append(("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Authorization, Content-Type, Idempotency-Key, X-Requested-With"))
-            headers.append(("Access-Control-Max-Age", "600"))
+        start()
+        // The HTTP handlers are not needed any more; remove them after this read has unwound.
+        let pipeline = context.pipeline
+        let handlers = self.handlers
+        context.eventLoop.assumeIsolated().execute {
+            handlers.remove(from: pipeline, with: self)
         }
-        respond(context: context, request: request, status: .noContent, headers: headers, body: nil)
     }
 
     // MARK: Writing answers
-
-    /// Query parameters of the current request.
-    func queryItems(_ request: HTTPRequestHead) throws -> [(name: String, value: String)] {
-        guard let question = request.uri.firstIndex(of: "?") else { return [] }
-        do {
-            return try FormURLEncoded.parse(Array(request.uri.utf8[request.uri.utf8.index(after: question)...]))
-        } catch {
-            throw Problem(.badRequest, "query string: \(error.detail)")
-        }
-    }
-
-    /// A JSON answer; the body ends with a line feed (so a shell prompt starts on its own line).
-    func respondJSON(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus, json: String,
-                     headers: [(String, String)] = []) {
-        var buffer = context.channel.allocator.buffer(capacity: json.utf8.count + 1)
-        buffer.writeString(json)
-        buffer.writeStaticString("\n")
-        respond(context: context, request: request, status: status,
-                headers: [("Content-Type", "application/json")] + headers, body: buffer)
-    }
 
     func sendProblem(_ problem: Problem, context: ChannelHandlerContext, request: HTTPRequestHead?) {
         server.metrics.rejectedRequests.increment()
         var headers: [(String, String)] = [("Content-Type", "application/problem+json")] + problem.headers
         if let request {
-            let method = request.method == .OPTIONS ? HTTPMethod.GET : request.method
+            let method = request.method == .OPTIONS ? HTTPRequest.Method.get : (HTTPRequest.Method(request.method.rawValue) ?? .get)
             headers += server.corsHeaders(origin: request.headers.first(name: "origin"), scope: route.corsScope(method))
         }
         var buffer = context.channel.allocator.buffer(capacity: 128)
@@ -439,8 +366,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// when no answer may be written now.
     func writeHead(context: ChannelHandlerContext, request: HTTPRequestHead?, status: HTTPResponseStatus,
                    headers extra: [(String, String)], contentLength: Int, close: Bool) -> Bool? {
-        guard !hasUnterminatedResponse, state != .closing, state != .streaming else { return nil }
-        let keepAlive = !close && (request?.isKeepAlive ?? false) && !discardingBody
+        guard !hasUnterminatedResponse, machine.mayAnswer else { return nil }
+        let keepAlive = !close && (request?.isKeepAlive ?? false) && !machine.discardingBody
         var headers = HTTPHeaders(extra)
         if status != .noContent && status != .notModified {
             headers.replaceOrAdd(name: "Content-Length", value: String(contentLength))
@@ -457,23 +384,18 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// and readies the connection for the next request or closes it.
     func finishResponse(context: ChannelHandlerContext, keepAlive: Bool) {
         hasUnterminatedResponse = false
-        state = keepAlive ? .idle : .closing
+        let (kept, actions) = machine.answered(requestKeepsAlive: request?.isKeepAlive ?? false, close: !keepAlive, now: context.eventLoop.now)
+        if kept {
+            request = nil
+            body = nil
+        }
         writingAnswer += 1
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         writingAnswer -= 1
-        if let problem = problemAfterAnswer {
-            problemAfterAnswer = nil
-            if keepAlive {
-                sendRawProblemAndClose(problem, context: context)
-                return
-            }
-        }
-        if keepAlive {
-            self.request = nil
-            self.body = nil
-            armHeadTimer(context: context)
-        } else {
+        if actions.contains(.lingeringClose) {
+            // After the answer is written, not before.
             written.assumeIsolated().whenComplete { _ in Self.lingeringClose(context) }
         }
+        perform(actions.filter { $0 != .lingeringClose }, context: context)
     }
 }

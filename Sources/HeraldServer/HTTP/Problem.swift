@@ -26,8 +26,8 @@ struct Problem: Error {
         ]).compactText + "\n"
     }
 
-    static func methodNotAllowed(_ method: HTTPMethod, allowed: String) -> Problem {
-        Problem(.methodNotAllowed, "\(method.rawValue) is not allowed here; use \(allowed)", headers: [("Allow", allowed)])
+    static func methodNotAllowed(_ method: String, allowed: String) -> Problem {
+        Problem(.methodNotAllowed, "\(method.prefix(32)) is not allowed here; use \(allowed)", headers: [("Allow", allowed)])
     }
 
     static func from(_ error: PublishError) -> Problem {
@@ -38,5 +38,12 @@ struct Problem: Error {
         case .unsupportedMediaType: status = .unsupportedMediaType
         }
         return Problem(status, error.detail)
+    }
+}
+
+extension Problem: Equatable {
+    static func == (lhs: Problem, rhs: Problem) -> Bool {
+        lhs.status == rhs.status && lhs.detail == rhs.detail && lhs.closeConnection == rhs.closeConnection
+            && lhs.headers.count == rhs.headers.count && zip(lhs.headers, rhs.headers).allSatisfy { $0 == $1 }
     }
 }

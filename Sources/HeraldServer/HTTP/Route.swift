@@ -1,5 +1,5 @@
+import HTTPTypes
 import HeraldCore
-import NIOHTTP1
 
 /// Where a request path leads. API paths are matched on the raw path; everything else is a
 /// static file under `--public`.
@@ -14,7 +14,8 @@ enum Route: Equatable {
     case staticFile(path: String)
     case unknownAPI
 
-    init(path: String) {
+    init<S: StringProtocol>(path: S) {
+        let path = String(path)
         switch path {
         case "/events": self = .events
         case "/poll": self = .poll
@@ -53,27 +54,27 @@ enum Route: Equatable {
     }
 
     /// Whether a request needs publisher authorisation (SPEC §2, §3).
-    func requiresPublisher(_ method: HTTPMethod) -> Bool {
+    func requiresPublisher(_ method: HTTPRequest.Method) -> Bool {
         switch self {
-        case .events: return method == .POST || method == .DELETE
-        case .clients, .client, .clientEvents: return method != .OPTIONS
+        case .events: return method == .post || method == .delete
+        case .clients, .client, .clientEvents: return method != .options
         default: return false
         }
     }
 
     /// Whether the route reads a request body: only publishing does (SPEC §16).
-    func takesBody(_ method: HTTPMethod) -> Bool {
+    func takesBody(_ method: HTTPRequest.Method) -> Bool {
         switch self {
-        case .events, .clientEvents: return method == .POST
+        case .events, .clientEvents: return method == .post
         default: return false
         }
     }
 
     /// Cross-origin policy: the subscribe endpoints honour `*`; publishing and the client
     /// list answer only origins listed explicitly.
-    func corsScope(_ method: HTTPMethod) -> CORSScope {
+    func corsScope(_ method: HTTPRequest.Method) -> CORSScope {
         switch self {
-        case .events: return method == .GET || method == .HEAD ? .open : .restricted
+        case .events: return method == .get || method == .head ? .open : .restricted
         case .poll: return .open
         case .clients, .client, .clientEvents: return .restricted
         default: return .none

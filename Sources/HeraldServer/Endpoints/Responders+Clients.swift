@@ -1,45 +1,47 @@
+import HTTPTypes
 import HeraldCore
 import NIOCore
-import NIOHTTP1
 
-extension HTTPHandler {
-    /// `GET /clients` and `GET /clients/{token}` (SPEC §3): asks every shard for its
-    /// streams (one hop per loop) and merges them per token.
-    func listClients(context: ChannelHandlerContext, request: HTTPRequestHead, token: String?) {
+extension Responders {
+    /// The CORS headers of the restricted endpoints (listed origins only).
+    func corsFields(_ request: EndpointRequest) -> HTTPFields {
+        var fields = HTTPFields()
+        fields.append(server.corsHeaders(origin: request.origin, scope: .restricted))
+        return fields
+    }
+
+    /// `GET /clients` and `GET /clients/{token}` (SPEC §3): asks every shard for its streams
+    /// (one hop per loop) and merges them per token.
+    func listClients(_ request: EndpointRequest, route: Route, token: String?) -> EventLoopFuture<EndpointReply> {
         let shards = server.hub.shards
         let futures = shards.map { shard in shard.eventLoop.submit { shard.streamInfos(token: token) } }
-        let cors = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .restricted)
-        EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).assumeIsolated().whenComplete { result in
-            guard case .success(let perShard) = result else {
-                self.sendProblem(Problem(.internalServerError, "could not collect the client list"), context: context, request: request)
-                return
-            }
+        let cors = corsFields(request)
+        return EventLoopFuture.whenAllSucceed(futures, on: request.eventLoop).map { perShard -> EndpointReply in
             let clients = Self.mergeClients(perShard.flatMap { $0 })
             if let token {
                 guard let client = clients.first(where: { $0.token == token }) else {
-                    self.sendProblem(Problem(.notFound, "no client '\(token)' is connected"), context: context, request: request)
-                    return
+                    return .answer(self.problem(Problem(.notFound, "no client '\(token)' is connected"), request, route: route))
                 }
-                self.respondJSON(context: context, request: request, status: .ok, json: client.json.compactText, headers: cors)
-                return
+                return .answer(.json(client.json, headers: cors, allocator: request.allocator))
             }
             let json = JSONValue.object([("clients", .array(clients.map(\.json))), ("count", .integer(clients.count))])
-            self.respondJSON(context: context, request: request, status: .ok, json: json.compactText, headers: cors)
+            return .answer(.json(json, headers: cors, allocator: request.allocator))
+        }.flatMapErrorThrowing { error in
+            .answer(self.answer(for: error, request, route: route))
         }
     }
 
     /// `DELETE /clients/{token}`: closes the token's streams on every shard. It does not
     /// ban: the client may reconnect and resume.
-    func disconnectClient(context: ChannelHandlerContext, request: HTTPRequestHead, token: String) {
+    func disconnect(_ request: EndpointRequest, route: Route, token: String) -> EventLoopFuture<EndpointReply> {
         let futures = server.hub.shards.map { shard in shard.eventLoop.submit { shard.close(token: token) } }
-        let cors = server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .restricted)
-        EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).assumeIsolated().whenComplete { result in
-            let closed = (try? result.get().reduce(0, +)) ?? 0
+        let cors = corsFields(request)
+        return EventLoopFuture.whenAllComplete(futures, on: request.eventLoop).map { results -> EndpointReply in
+            let closed = results.reduce(0) { $0 + ((try? $1.get()) ?? 0) }
             if closed == 0 {
-                self.sendProblem(Problem(.notFound, "no client '\(token)' is connected"), context: context, request: request)
-            } else {
-                self.respond(context: context, request: request, status: .noContent, headers: cors, body: nil)
+                return .answer(self.problem(Problem(.notFound, "no client '\(token)' is connected"), request, route: route))
             }
+            return .answer(EndpointAnswer(status: .noContent, headers: cors, body: nil))
         }
     }
 

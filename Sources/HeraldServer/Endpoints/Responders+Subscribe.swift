@@ -1,8 +1,8 @@
+import HTTPTypes
 import HeraldCore
 import NIOCore
-import NIOHTTP1
 
-extension HTTPHandler {
+extension Responders {
     /// The subscription parameters shared by `/events` and `/poll`.
     struct Subscription {
         var topics: [String]
@@ -14,19 +14,19 @@ extension HTTPHandler {
 
     /// Parses and validates topics, client token, resume id (header first, then the query
     /// spellings) and padding; throws a 400 problem naming the fault.
-    func parseSubscription(_ request: HTTPRequestHead) throws -> Subscription {
+    func parseSubscription(_ request: EndpointRequest) throws -> Subscription {
         var topics: [String] = []
         var token: String?
         var queryLastEventID: String?
         var paddingBytes: Int?
-        for (name, value) in try queryItems(request) {
+        for (name, value) in try request.queryItems() {
             switch name {
             case "topic":
                 do { try TopicRules.validate(topic: value, forSubscription: true) } catch { throw Problem(.badRequest, "topic: \(error.detail)") }
                 if !topics.contains(where: { $0.bytesEqual(value) }) { topics.append(value) }
             case "client":
                 if token != nil { throw Problem(.badRequest, "give one 'client' token, not several") }
-                try validateToken(value)
+                try Self.validate(token: value)
                 token = value
             case "lastEventId", "last_event_id", "evs_last_event_id":
                 if queryLastEventID == nil && !value.isEmpty { queryLastEventID = value }
@@ -50,7 +50,7 @@ extension HTTPHandler {
             throw Problem(.badRequest, "subscribe to at least one topic (?topic=NAME, 'prefix/*' or '*') or give a client token (?client=TOKEN)")
         }
         var lastEventID = queryLastEventID
-        if let header = request.headers.first(name: "last-event-id"), !header.isEmpty {
+        if let header = request.header(.lastEventID), !header.isEmpty {
             lastEventID = header
         }
         return Subscription(topics: topics, token: token, lastEventID: lastEventID, paddingBytes: paddingBytes,
@@ -68,50 +68,26 @@ extension HTTPHandler {
         }
     }
 
-    /// `GET /events` (SPEC §1): validate, then turn the connection into a stream.
-    func subscribe(context: ChannelHandlerContext, request: HTTPRequestHead) throws {
-        guard AcceptNegotiation.acceptsEventStream(request.headers[canonicalForm: "accept"].map(String.init)) else {
+    /// `GET /events` (SPEC §1): validates, takes a connection slot, and answers "open a
+    /// stream" with its parameters and response headers; the transport opens it (and gives
+    /// the slot back if it cannot).
+    func subscribe(_ request: EndpointRequest) throws -> EndpointReply {
+        guard AcceptNegotiation.acceptsEventStream(request.headers(.accept)) else {
             throw Problem(.notAcceptable,
                           "this endpoint only serves text/event-stream; send 'Accept: text/event-stream' (with curl: -N -H 'Accept: text/event-stream')")
         }
         let subscription = try parseSubscription(request)
         try acquireConnectionSlot()
-        let hub = server.hub
-
-        let chunked = !configuration.noChunked && !(request.version.major == 1 && request.version.minor == 0)
-        let clientToken = subscription.token ?? Self.randomToken()
-        var headers = HTTPHeaders([
-            ("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-store, no-transform"),
-            ("X-Accel-Buffering", "no"),
-        ])
-        headers.add(name: chunked ? "Transfer-Encoding" : "Connection", value: chunked ? "chunked" : "close")
-        for (name, value) in server.corsHeaders(origin: request.headers.first(name: "origin"), scope: .open) {
-            headers.add(name: name, value: value)
-        }
-        let streamRequest = Shard.StreamRequest(
-            token: clientToken, topics: subscription.topics, filter: subscription.filter,
+        let chunked = !configuration.noChunked && !request.streamsCloseDelimited
+        var headers: HTTPFields = [
+            .contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store, no-transform", .xAccelBuffering: "no",
+        ]
+        headers.append(server.corsHeaders(origin: request.origin, scope: .open))
+        let stream = Shard.StreamRequest(
+            token: subscription.token ?? Self.randomToken(), topics: subscription.topics, filter: subscription.filter,
             lastEventID: subscription.lastEventID, paddingBytes: subscription.paddingBytes, chunked: chunked,
             retryMilliseconds: configuration.retryMilliseconds, direct: true)
-        state = .streaming
-        // The head goes through the HTTP encoder; the stream's own bytes then follow it
-        // straight to the socket (they are framed by Herald, see StoredEvent).
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
-        let start: () -> Void
-        do {
-            start = try hub.shard(for: context.eventLoop).open(streamRequest, httpContext: context)
-        } catch {
-            hub.openStreams.wrappingDecrement(ordering: .relaxed)
-            server.logger.debug("could not open stream", metadata: ["error": "\(error)"])
-            context.close(promise: nil)
-            return
-        }
-        start()
-        // The HTTP handlers are not needed any more; remove them after this read has unwound.
-        let pipeline = context.pipeline
-        let handlers = self.handlers
-        context.eventLoop.assumeIsolated().execute {
-            handlers.remove(from: pipeline, with: self)
-        }
+        return .stream(stream, headers: headers)
     }
 
     /// A random 128-bit token, hex encoded (valid under the client token rules).

@@ -1,0 +1,106 @@
+import HTTPTypes
+import HeraldCore
+import NIOCore
+
+/// Every endpoint of SPEC §1–§7, on HTTP-version-neutral types: a request in, a future
+/// reply out (an answer, a file, or "open a stream"). The HTTP/1.1 handler is one transport
+/// that feeds it; an HTTP/2 stream is another. Nothing here writes to a channel.
+///
+/// One file per endpoint group: `Responders+Subscribe`, `+Publish`, `+Poll`, `+Clients`,
+/// `+Static`, `+Operations`.
+final class Responders: Sendable {
+    let server: ServerContext
+
+    init(server: ServerContext) {
+        self.server = server
+    }
+
+    var configuration: HeraldConfiguration { server.configuration }
+
+    /// Answers `request` on `route`. The future never fails: errors become problem answers.
+    func respond(to request: EndpointRequest, route: Route, scope: RequestScope) -> EventLoopFuture<EndpointReply> {
+        let loop = request.eventLoop
+        if request.method == .options {
+            return loop.makeSucceededFuture(.answer(options(request, route: route)))
+        }
+        do {
+            switch (route, request.method) {
+            case (.events, .get):
+                return loop.makeSucceededFuture(try subscribe(request))
+            case (.events, .post):
+                return try publish(request, route: route, directTo: nil)
+            case (.events, .delete):
+                return try clearRetained(request, route: route)
+            case (.clientEvents(let token), .post):
+                try Self.validate(token: token)
+                return try publish(request, route: route, directTo: token)
+            case (.clients, .get):
+                return listClients(request, route: route, token: nil)
+            case (.client(let token), .get):
+                try Self.validate(token: token)
+                return listClients(request, route: route, token: token)
+            case (.client(let token), .delete):
+                try Self.validate(token: token)
+                return disconnect(request, route: route, token: token)
+            case (.poll, .get):
+                return try longPoll(request, scope: scope)
+            case (.health, .get), (.health, .head):
+                return loop.makeSucceededFuture(.answer(.json(.object([("status", .string("ok"))]), allocator: request.allocator)))
+            case (.metrics, .get), (.metrics, .head):
+                return metrics(request)
+            case (.staticFile(let path), .get), (.staticFile(let path), .head):
+                return staticFile(request, route: route, path: path)
+            case (.unknownAPI, _):
+                throw Problem(.notFound, "no such endpoint: \(request.method.rawValue) \(request.target.prefix(200))")
+            default:
+                throw Problem.methodNotAllowed(request.method.rawValue, allowed: route.allowedMethods)
+            }
+        } catch {
+            return loop.makeSucceededFuture(.answer(answer(for: error, request, route: route)))
+        }
+    }
+
+    /// A thrown error as an answer: a ``Problem`` or validation error as it says; anything
+    /// else as a 500 whose cause goes to the log, not to the client.
+    func answer(for error: any Error, _ request: EndpointRequest, route: Route) -> EndpointAnswer {
+        switch error {
+        case let problem as Problem:
+            return self.problem(problem, request, route: route)
+        case let error as ValidationError:
+            return self.problem(Problem(.badRequest, error.detail), request, route: route)
+        default:
+            server.logger.error("request failed", metadata: ["error": "\(error)", "herald.path": "\(request.target.prefix(200))"])
+            return self.problem(Problem(.internalServerError, "the server failed to answer this request; the cause is in its log"),
+                                request, route: route)
+        }
+    }
+
+    /// A problem answer with the route's CORS headers, counted in `herald_http_errors_total`.
+    func problem(_ problem: Problem, _ request: EndpointRequest, route: Route) -> EndpointAnswer {
+        server.metrics.rejectedRequests.increment()
+        let method = request.method == .options ? HTTPRequest.Method.get : request.method
+        var headers = HTTPFields()
+        headers.append(server.corsHeaders(origin: request.origin, scope: route.corsScope(method)))
+        return .problem(problem, headers: headers, allocator: request.allocator)
+    }
+
+    static func validate(token: String) throws {
+        do { try TopicRules.validate(clientToken: token) } catch { throw Problem(.badRequest, error.detail) }
+    }
+
+    /// `OPTIONS`: `Allow`, and a CORS preflight answer for origins the route admits.
+    private func options(_ request: EndpointRequest, route: Route) -> EndpointAnswer {
+        var headers = HTTPFields()
+        headers[.allow] = route.allowedMethods
+        let requested = request.header(.accessControlRequestMethod).flatMap { HTTPRequest.Method(rawValue: $0) } ?? .get
+        let cors = server.corsHeaders(origin: request.origin, scope: route.corsScope(requested))
+        if !cors.isEmpty {
+            headers.append(cors)
+            headers[.accessControlAllowMethods] = route.allowedMethods
+            headers[.accessControlAllowHeaders] =
+                "Last-Event-ID, Cache-Control, Authorization, Content-Type, Idempotency-Key, X-Requested-With"
+            headers[.accessControlMaxAge] = "600"
+        }
+        return EndpointAnswer(status: .noContent, headers: headers, body: nil)
+    }
+}
