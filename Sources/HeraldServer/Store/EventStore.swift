@@ -65,6 +65,22 @@ struct AppendRequest: Sendable {
     var created: Int64
 }
 
+extension AppendRequest {
+    /// The batch's events with consecutive ids after `lastID`, which moves to the last one,
+    /// each encoded once for the wire. Stores call it under the lock that orders their ids.
+    func events(after lastID: inout Int64, allocator: ByteBufferAllocator) -> [StoredEvent] {
+        var events: [StoredEvent] = []
+        events.reserveCapacity(drafts.count)
+        for draft in drafts {
+            lastID += 1
+            events.append(StoredEvent(
+                id: lastID, topics: draft.topics, client: client, type: draft.type, data: draft.data,
+                created: created, allocator: allocator))
+        }
+        return events
+    }
+}
+
 /// A batch as committed: its events with their ids, or the clearing of a retained event.
 struct CommittedBatch: Sendable {
     var events: [StoredEvent]

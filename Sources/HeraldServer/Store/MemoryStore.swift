@@ -33,14 +33,7 @@ final class MemoryStore: EventStore, @unchecked Sendable {
 
     func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<[Int64]> {
         let ids: [Int64] = lock.withLock {
-            var events: [StoredEvent] = []
-            events.reserveCapacity(batch.drafts.count)
-            for draft in batch.drafts {
-                lastID += 1
-                events.append(StoredEvent(
-                    id: lastID, topics: draft.topics, client: batch.client, type: draft.type, data: draft.data,
-                    created: batch.created, allocator: allocator))
-            }
+            let events = batch.events(after: &lastID, allocator: allocator)
             sink?.committed([CommittedBatch(events: events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)])
             return events.map(\.id)
         }

@@ -221,17 +221,10 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
         let promise = loop.makePromise(of: Void.self)
         let ids: [Int64]? = lock.withLock {
             guard !closed else { return nil }
-            var events: [StoredEvent] = []
-            events.reserveCapacity(request.drafts.count)
-            for draft in request.drafts {
-                // Ids are reserved now and queued in order, so the writer commits them in
-                // id order. Ids of a batch whose commit fails are never seen by anyone:
-                // they leave a gap rather than being given again.
-                assignedThrough += 1
-                events.append(StoredEvent(
-                    id: assignedThrough, topics: draft.topics, client: request.client, type: draft.type, data: draft.data,
-                    created: request.created, allocator: allocator))
-            }
+            // Ids are reserved now and queued in order, so the writer commits them in id
+            // order. Ids of a batch whose commit fails are never seen by anyone: they leave a
+            // gap rather than being given again.
+            let events = request.events(after: &assignedThrough, allocator: allocator)
             queue.append(PendingBatch(
                 batch: CommittedBatch(events: events, retain: request.retain, idempotencyKey: request.idempotencyKey),
                 promise: promise))
