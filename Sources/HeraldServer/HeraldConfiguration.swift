@@ -63,6 +63,10 @@ public struct HeraldConfiguration: Sendable {
     public var noChunked = false
     /// Start the built-in stock-quote feed.
     public var demo = false
+    /// Cleartext HTTP/1.1 streams write through their pipeline like TLS and HTTP/2 streams do,
+    /// instead of straight to the socket: for tests of that path and for measuring what the
+    /// direct path saves (the hidden `--stream-writes pipeline`).
+    public var streamsThroughPipeline = false
     public var store: Store = .memory
     /// Threads serving connections (one fan-out shard each); defaults to the core count.
     public var eventLoopThreads = System.coreCount

@@ -18,7 +18,7 @@ enum EnvironmentDefaults {
         ("retry-ms", .value), ("publish-key", .repeatable), ("cors-origin", .repeatable),
         ("max-connections", .value), ("max-retained", .value), ("max-event-bytes", .value), ("max-body-bytes", .value),
         ("max-queued-bytes", .value), ("no-chunked", .flag), ("demo", .flag), ("store", .value),
-        ("threads", .value), ("shutdown-grace", .value), ("log-level", .value),
+        ("threads", .value), ("stream-writes", .value), ("shutdown-grace", .value), ("log-level", .value),
     ]
 
     static func variableName(for option: String) -> String {

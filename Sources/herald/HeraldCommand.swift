@@ -75,6 +75,9 @@ struct HeraldCommand: AsyncParsableCommand {
     @Flag(help: "Start the built-in stock-quote feed.")
     var demo = false
 
+    @Option(name: .customLong("stream-writes"), help: .hidden)
+    var streamWrites = "direct"
+
     @Option(help: "Event store: 'memory' (the default) or 'sqlite:PATH' (durable: survives restart and kill -9).")
     var store = "memory"
 
@@ -117,6 +120,11 @@ struct HeraldCommand: AsyncParsableCommand {
             configuration.maxQueuedBytes = maxQueuedBytes
             configuration.noChunked = noChunked
             configuration.demo = demo
+            switch streamWrites {
+            case "direct": configuration.streamsThroughPipeline = false
+            case "pipeline": configuration.streamsThroughPipeline = true
+            default: throw ValidationError("--stream-writes must be 'direct' or 'pipeline'")
+            }
             if let threads { configuration.eventLoopThreads = threads }
             configuration.shutdownGrace = try HeraldConfiguration.duration(seconds: shutdownGrace, flag: "--shutdown-grace", range: 0...60)
             try configuration.validate()

@@ -188,10 +188,12 @@ struct HostileClientTests {
             var slow: [RawConnection] = []
             for index in 0..<20 {
                 let connection = try await RawConnection.connect(port: server.port)
+                // On a loaded machine the server's 500 ms timer may have cut a connection before
+                // its first bytes go out: it must have been answered 408 all the same (below).
                 if index % 2 == 0 {
-                    try await connection.send("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                    try? await connection.send("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 } else {
-                    try await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nab")
+                    try? await connection.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nab")
                 }
                 slow.append(connection)
             }

@@ -304,6 +304,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Turns the connection into an event stream: the head through NIO's encoder, then the
     /// stream handed to its shard, which writes straight to the socket from then on.
     private func openStream(_ stream: Shard.StreamRequest, headers: HTTPFields, context: ChannelHandlerContext) {
+        var stream = stream
+        stream.direct = !configuration.streamsThroughPipeline
         let hub = server.hub
         guard machine.mayAnswer else {
             hub.openStreams.wrappingDecrement(ordering: .relaxed)
@@ -325,12 +327,16 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        start()
-        // The HTTP handlers are not needed any more; remove them after this read has unwound.
+        // The HTTP handlers are not needed any more; they are removed after this read has
+        // unwound. A direct stream starts at once (its writes pass them by); one that writes
+        // through its pipeline starts once they are gone.
+        let direct = stream.direct
+        if direct { start() }
         let pipeline = context.pipeline
         let handlers = self.handlers
         context.eventLoop.assumeIsolated().execute {
             handlers.remove(from: pipeline, with: self)
+            if !direct { start() }
         }
     }
 
