@@ -6,7 +6,11 @@ struct DemoFeedTests {
     @Test("Publishes retained quotes for ten symbols to quotes/<SYMBOL>, and keeps ticking")
     func feed() async throws {
         try await withServer({ $0.demo = true }) { server in
-            try await Task.sleep(for: .milliseconds(300))
+            // The feed's opening table (a listing and a quote for each of the ten symbols) is
+            // in before the subscriber comes, so it arrives as retained state.
+            try await eventually("the demo feed's opening table") {
+                try await metricValue(server.port, "herald_events_published_total") ?? 0 >= 20
+            }
             let client = try await SSEClient.open(port: server.port, path: "/events?topic=quotes/*")
             // The retained state arrives at once: one quote per listed symbol.
             let initial = try await client.waitForDataEvents(10)

@@ -73,7 +73,10 @@ struct FanOutTests {
                 try await SSEClient.open(port: server.port, path: "/events?topic=flood"),
             ]
             for reader in readers { _ = try await reader.hello() }
-            try await Task.sleep(for: .milliseconds(100))
+            // The stalled client reads nothing, not even its hello: wait until the server lists it.
+            try await eventually("the stalled stream to be registered") {
+                try await HTTPTestClient.get(server.port, "/clients/stalled_client").status == 200
+            }
             let payload = String(repeating: "z", count: 4000)
             var published: [Int64] = []
             for _ in 0..<40 {

@@ -78,10 +78,38 @@ struct HTTPFuzzTests {
         return codes
     }
 
+    /// The seed CI runs with, so that a CI run is repeatable and a red one is not a new
+    /// random draw each time.
+    static let ciSeed: UInt64 = 0x4845_5241_4C44_0010
+
+    /// HERALD_HTTP_FUZZ_SEED when given; else ``ciSeed`` when the environment variable CI is
+    /// set (not empty, "false" or "0"); else a fresh random seed, so long local runs explore.
+    static func seed(environment: [String: String]) -> (seed: UInt64, source: String) {
+        if let given = environment["HERALD_HTTP_FUZZ_SEED"].flatMap(UInt64.init) {
+            return (given, "HERALD_HTTP_FUZZ_SEED")
+        }
+        if let ci = environment["CI"], !ci.isEmpty, ci.lowercased() != "false", ci != "0" {
+            return (ciSeed, "fixed, CI is set")
+        }
+        return (UInt64.random(in: 0...UInt64.max), "random")
+    }
+
+    @Test("The seed: HERALD_HTTP_FUZZ_SEED wins, else fixed under CI, else random")
+    func seedChoice() {
+        #expect(Self.seed(environment: ["HERALD_HTTP_FUZZ_SEED": "42", "CI": "true"]).seed == 42)
+        #expect(Self.seed(environment: ["CI": "true"]).seed == Self.ciSeed)
+        #expect(Self.seed(environment: ["CI": "1"]).seed == Self.ciSeed)
+        #expect(Self.seed(environment: ["HERALD_HTTP_FUZZ_SEED": "not a number", "CI": "true"]).seed == Self.ciSeed)
+        #expect(Self.seed(environment: [:]).source == "random")
+        #expect(Self.seed(environment: ["CI": "false"]).source == "random")
+    }
+
     @Test("Thousands of mangled requests: every answer below 500, the server keeps serving, no slot leaks")
     func mangledRequests() async throws {
-        let count = ProcessInfo.processInfo.environment["HERALD_HTTP_FUZZ_COUNT"].flatMap(Int.init) ?? 3000
-        let seed = ProcessInfo.processInfo.environment["HERALD_HTTP_FUZZ_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
+        let environment = ProcessInfo.processInfo.environment
+        let count = environment["HERALD_HTTP_FUZZ_COUNT"].flatMap(Int.init) ?? 3000
+        let (seed, source) = Self.seed(environment: environment)
+        print("HTTP fuzz: seed \(seed) (\(source)), \(count) requests; repeat with HERALD_HTTP_FUZZ_SEED=\(seed)")
         var rng = SplitMix64(state: seed)
         let requests = (0..<count).map { _ in Self.mutate(Array(Self.templates.randomElement(using: &rng)!.utf8), using: &rng) }
         try await withServer({

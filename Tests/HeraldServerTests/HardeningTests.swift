@@ -248,6 +248,15 @@ struct HardeningTests {
                 }
                 return sockets
             }
+            // They read nothing (not even a hello): wait until every stream is open, its head and
+            // first events waiting in its socket. (Watched from the client side: /metrics, which
+            // visits every shard, can take seconds to answer while the shards pace 150 replays.)
+            try await eventually("all \(sockets.count) streams to be open", timeout: .seconds(30), interval: .milliseconds(10)) {
+                sockets.allSatisfy { $0.hasBytesWaiting() }
+            }
+            // Kept: then a server that handed each subscriber all 20 000 retained events at once
+            // gets a second to hold them. The check is that memory does not grow, and no event
+            // marks "it would have grown by now".
             try await Task.sleep(for: .seconds(1))
             // Publishing goes on while 150 subscribers sit on 20 MB of retained events each.
             let ids = try await HTTPTestClient.publish(port, "/events?topic=big/new", body: "after")
@@ -286,6 +295,13 @@ struct HardeningTests {
                 }
                 return sockets
             }
+            // Wait until every download is being answered: the file's first bytes wait in each socket.
+            try await eventually("all \(sockets.count) downloads to be answered", timeout: .seconds(30), interval: .milliseconds(10)) {
+                sockets.allSatisfy { $0.hasBytesWaiting() }
+            }
+            // Kept: then a server that held a copy of the file per download gets two seconds to
+            // read them in. The check is that memory does not grow, and no event marks "it would
+            // have grown by now".
             try await Task.sleep(for: .seconds(2))
             let grown = residentBytes() - before
             #expect(grown < 100 * Self.megabyte, "RSS grew by \(grown / Self.megabyte) MB for 20 downloads of 20 MB")
@@ -343,9 +359,11 @@ struct HardeningTests {
             _ = try await HTTPTestClient.publish(server.port, "/events?topic=\(encodedNFD)", body: "nfd")
             _ = try await HTTPTestClient.publish(server.port, "/events?topic=\(encodedNFC)", body: "nfc")
             let got = try await client.waitForDataEvents(1)
-            try await Task.sleep(for: .milliseconds(200))
+            // A marker on the NFC topic comes next: the NFD event did not arrive before it.
+            let marker = try await HTTPTestClient.publish(server.port, "/events?topic=\(encodedNFC)", body: "marker")[0]
+            let untilMarker = try await client.waitForDataEvents(through: marker)
             #expect(got.map(\.data) == ["nfc"])
-            #expect(client.dataEvents.map(\.data) == ["nfc"], "\(nfc) got \(nfd)'s event")
+            #expect(untilMarker.dropLast().map(\.data) == ["nfc"], "\(nfc) got \(nfd)'s event")
             await client.close()
             // A prefix matches by bytes too: cafe* matches the NFD topic only.
             let prefix = try await SSEClient.open(port: server.port, path: "/events?topic=cafe*", headers: [("Accept", "text/event-stream")])

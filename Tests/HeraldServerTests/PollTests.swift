@@ -40,7 +40,8 @@ struct PollTests {
             #expect(first["topic"] == .string("r"))
 
             async let waiting = HTTPTestClient.get(server.port, "/poll?topic=w&timeout=10")
-            try await Task.sleep(for: .milliseconds(300))
+            // The poll waits for the next event only once it is parked (counted as open).
+            try await waitForOpenStreams(server.port, 1)
             let published = try await HTTPTestClient.publish(server.port, "/events?topic=w", body: "news")
             let answer = try await waiting
             #expect(Self.ids(answer) == [String(published[0])])
@@ -88,7 +89,7 @@ struct PollTests {
     func directAndLimits() async throws {
         try await withServer({ $0.maxConnections = 1 }) { server in
             async let waiting = HTTPTestClient.get(server.port, "/poll?client=poller_token&timeout=10")
-            try await Task.sleep(for: .milliseconds(300))
+            try await waitForOpenStreams(server.port, 1)
             let refused = try await HTTPTestClient.get(server.port, "/events?topic=a", headers: [("Accept", "text/event-stream")])
             #expect(refused.status == 503)
             _ = try await HTTPTestClient.publish(server.port, "/clients/poller_token/events", body: "direct")
@@ -103,7 +104,8 @@ struct PollTests {
             // A poll abandoned by its client frees its slot.
             let abandoned = try await RawConnection.connect(port: server.port)
             try await abandoned.send("GET /poll?topic=q&timeout=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            try await Task.sleep(for: .milliseconds(200))
+            // Parked (holding the one slot; the first poll has given its slot back) before it is abandoned.
+            try await waitForOpenStreams(server.port, 1)
             await abandoned.close()
             var admitted = false
             for _ in 0..<100 where !admitted {

@@ -190,10 +190,13 @@ struct PublishTests {
             let bytes = try await connection.waitForClose()
             #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 413"))
 
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(client.dataEvents.isEmpty, "nothing was published: \(client.dataEvents.map(\.data))")
+            // The valid publish is the marker: had anything above been published, it would
+            // have come before it.
             let ok = try await HTTPTestClient.publish(server.port, "/events?topic=a", body: "fine")
-            #expect(try await client.waitForDataEvents(1).map(\.lastEventID) == [String(ok[0])])
+            let untilOK = try await client.waitForDataEvents(through: ok[0])
+            let before = untilOK.dropLast()
+            #expect(before.isEmpty, "nothing was published: \(before.map(\.data))")
+            #expect(untilOK.map(\.lastEventID) == [String(ok[0])])
             await client.close()
         }
     }
@@ -210,8 +213,11 @@ struct PublishTests {
             let other = try await HTTPTestClient.publish(server.port, "/events?topic=i", body: "two", headers: [("Idempotency-Key", "order-43")])
             #expect(other[0] > first[0])
             let events = try await client.waitForDataEvents(2)
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(client.dataEvents.map(\.data) == ["one", "two"])
+            // A marker without a key comes next: the repeat published nothing before it.
+            let marker = try await HTTPTestClient.publish(server.port, "/events?topic=i", body: "marker")[0]
+            let untilMarker = try await client.waitForDataEvents(through: marker)
+            #expect(untilMarker.dropLast().map(\.data) == ["one", "two"])
+            #expect(untilMarker.map(\.lastEventID) == (first + other + [marker]).map(String.init))
             #expect(events.count == 2)
             await client.close()
         }
@@ -254,9 +260,15 @@ struct PublishTests {
             #expect(try await target.waitForDataEvents(1).map(\.data) == ["for you"])
             #expect(try await withTopics.waitForDataEvents(2).map(\.data) == ["for you", "news"])
             #expect(try await star.waitForDataEvents(1).map(\.data) == ["news"])
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(other.dataEvents.isEmpty)
-            #expect(star.dataEvents.count == 1)
+            // Markers each must get next: a direct message for the other token, a topic event
+            // for '*'. Nothing else reached them before.
+            let otherMarker = try await HTTPTestClient.publish(server.port, "/clients/other_token_1/events", body: "marker")[0]
+            let otherUntilMarker = try await other.waitForDataEvents(through: otherMarker)
+            #expect(otherUntilMarker.dropLast().isEmpty)
+            let starMarker = try await HTTPTestClient.publish(server.port, "/events?topic=marker", body: "marker")[0]
+            let starUntilMarker = try await star.waitForDataEvents(through: starMarker)
+            #expect(starUntilMarker.dropLast().count == 1)
+            #expect(starUntilMarker.map(\.lastEventID) == [String(news[0]), String(starMarker)])
 
             let replayOther = try await SSEClient.open(
                 port: server.port, path: "/events?client=other_token_1",
@@ -266,8 +278,10 @@ struct PublishTests {
                 headers: [("Accept", "text/event-stream"), ("Last-Event-ID", String(direct[0] - 1))])
             #expect(try await replayTarget.waitForDataEvents(1).map(\.lastEventID) == [String(direct[0])])
             _ = try await replayOther.hello()
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(replayOther.dataEvents.isEmpty)
+            // Its own direct marker (published after the target's message) replays; nothing before it.
+            let replayOtherUntilMarker = try await replayOther.waitForDataEvents(through: otherMarker)
+            #expect(replayOtherUntilMarker.dropLast().isEmpty)
+            #expect(replayOtherUntilMarker.map(\.lastEventID) == [String(otherMarker)])
             #expect(news[0] > direct[0])
             let invalid = try await HTTPTestClient.post(server.port, "/clients/bad/events", body: "x")
             #expect(invalid.status == 400)

@@ -1,4 +1,5 @@
 import HeraldCore
+import NIOConcurrencyHelpers
 import Testing
 
 @Suite("Last-Event-ID: replay, reset, restart", .timeLimit(.minutes(2)))
@@ -54,14 +55,22 @@ struct ReplayTests {
             }
             let direct = try await HTTPTestClient.publish(server.port, "/clients/tok_12345/events", body: "d")[0]
             expected["b&client=tok_12345"]!.append(direct)
+            var clients: [(query: String, ids: [Int64], client: SSEClient)] = []
             for (query, ids) in expected {
                 let client = try await SSEClient.open(
                     port: server.port, path: "/events?topic=\(query)",
                     headers: [("Accept", "text/event-stream"), ("Last-Event-ID", String(start))])
                 let events = try await client.waitForDataEvents(ids.count)
                 #expect(events.map(\.lastEventID) == ids.map(String.init), "\(query)")
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(client.dataEvents.count == ids.count, "\(query): nothing extra")
+                clients.append((query, ids, client))
+            }
+            // A marker on a/x and b, which every subscription matches: each stream gets it
+            // next, with nothing extra replayed before it.
+            let marker = try await HTTPTestClient.publish(server.port, "/events?topic=a/x&topic=b", body: "marker")[0]
+            for (query, ids, client) in clients {
+                let events = try await client.waitForDataEvents(through: marker)
+                #expect(events.count == ids.count + 1, "\(query): nothing extra")
+                #expect(events.map(\.lastEventID) == (ids + [marker]).map(String.init), "\(query): nothing extra")
                 await client.close()
             }
         }
@@ -192,16 +201,22 @@ struct ReplayTests {
         try await withServer { server in
             let seed = try await Self.publishMany(server.port, topic: "a", count: 5)
             let total = 300
+            let progress = NIOLockedValueBox(0)
             let publisher = Task {
                 var ids: [Int64] = []
                 for index in 0..<total {
                     ids += try await HTTPTestClient.publish(server.port, "/events?topic=a", body: "n\(index)")
+                    progress.withLockedValue { $0 = ids.count }
                 }
                 return ids
             }
             var clients: [(SSEClient, Int64)] = []
             for round in 0..<8 {
-                try await Task.sleep(for: .milliseconds(15))
+                // Subscribe at points spread over the publishing run: after 30, 60, ... 240 events.
+                let reached = (round + 1) * total / 10
+                try await eventually("the publisher to reach \(reached) events", timeout: .seconds(30), interval: .milliseconds(1)) {
+                    progress.withLockedValue { $0 } >= reached
+                }
                 let from = round % 2 == 0 ? seed[round % seed.count] : seed.last!
                 clients.append((try await SSEClient.open(
                     port: server.port, path: "/events?topic=a",
@@ -209,12 +224,14 @@ struct ReplayTests {
             }
             let published = try await publisher.value
             let all = seed + published
+            // A marker after the last publish: every stream gets it right after the expected
+            // events, with no duplicate between them.
+            let marker = try await HTTPTestClient.publish(server.port, "/events?topic=a", body: "marker")[0]
             for (client, from) in clients {
                 let expected = all.filter { $0 > from }
-                let events = try await client.waitForDataEvents(expected.count, timeout: .seconds(30))
-                #expect(events.map(\.lastEventID) == expected.map(String.init))
-                try await Task.sleep(for: .milliseconds(20))
-                #expect(client.dataEvents.count == expected.count, "no duplicates after the expected ones")
+                let events = try await client.waitForDataEvents(through: marker, timeout: .seconds(30))
+                #expect(events.dropLast().map(\.lastEventID) == expected.map(String.init))
+                #expect(events.count == expected.count + 1, "no duplicates after the expected ones")
                 await client.close()
             }
         }

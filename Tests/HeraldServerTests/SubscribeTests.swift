@@ -167,6 +167,8 @@ struct SubscribeTests {
                 let now = ContinuousClock.now
                 if now - last >= .seconds(1) { silences += 1 }
                 last = now
+                // Kept: this is the 100 ms rhythm of the busy stream under test, not a wait
+                // for the server; there is nothing to observe in its place.
                 try await Task.sleep(for: .milliseconds(100))
             }
             _ = try await busy.waitForDataEvents(25)
@@ -189,13 +191,18 @@ struct SubscribeTests {
             let events = try await client.waitForDataEvents(2)
             #expect(events.map(\.data) == ["B1", "A2"])
             #expect(events.map(\.lastEventID) == [String(b[0]), String(a2[0])])
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(client.dataEvents.count == 2)
+            // A live, unretained marker comes next: nothing else was sent before it.
+            let marker = try await HTTPTestClient.publish(server.port, "/events?topic=quotes/marker", body: "marker")[0]
+            let untilMarker = try await client.waitForDataEvents(through: marker)
+            #expect(untilMarker.dropLast().count == 2)
+            #expect(untilMarker.map(\.data) == ["B1", "A2", "marker"])
 
             let other = try await SSEClient.open(port: server.port, path: "/events?topic=sports")
             _ = try await other.hello()
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(other.dataEvents.isEmpty)
+            let otherMarker = try await HTTPTestClient.publish(server.port, "/events?topic=sports", body: "marker")[0]
+            let otherUntilMarker = try await other.waitForDataEvents(through: otherMarker)
+            #expect(otherUntilMarker.dropLast().isEmpty)
+            #expect(otherUntilMarker.map(\.lastEventID) == [String(otherMarker)])
             await client.close()
             await other.close()
         }
@@ -224,10 +231,18 @@ struct SubscribeTests {
             #expect(exactEvents.map(\.data) == ["quotes/AAPL"])
             let bothEvents = try await both.waitForDataEvents(1)
             #expect(bothEvents.map(\.lastEventID) == [String(multi)], "an event on two subscribed topics arrives once")
-            try await Task.sleep(for: .milliseconds(150))
-            #expect(prefix.dataEvents.count == 3)
-            #expect(exact.dataEvents.count == 1)
-            #expect(both.dataEvents.count == 1)
+            // A marker that all four match: each gets it next, and nothing else before it.
+            let marker = try await HTTPTestClient.publish(server.port, "/events?topic=quotes/AAPL&topic=x", body: "marker")[0]
+            let prefixUntilMarker = try await prefix.waitForDataEvents(through: marker)
+            #expect(prefixUntilMarker.dropLast().count == 3)
+            #expect(prefixUntilMarker.map(\.data) == ["quotes/AAPL", "quotes/", "quotes/AAPL/extra", "marker"])
+            let exactUntilMarker = try await exact.waitForDataEvents(through: marker)
+            #expect(exactUntilMarker.dropLast().count == 1)
+            #expect(exactUntilMarker.map(\.data) == ["quotes/AAPL", "marker"])
+            let bothUntilMarker = try await both.waitForDataEvents(through: marker)
+            #expect(bothUntilMarker.dropLast().count == 1)
+            #expect(bothUntilMarker.map(\.lastEventID) == [String(multi), String(marker)])
+            #expect(try await all.waitForDataEvents(through: marker).map(\.data) == topics + ["xy", "marker"])
             for client in [exact, prefix, all, both] { await client.close() }
         }
     }

@@ -58,6 +58,12 @@ final class BlockingSocket: @unchecked Sendable {
         return (received, false)
     }
 
+    /// Whether bytes from the peer wait unread in this socket (a peek that never blocks).
+    func hasBytesWaiting() -> Bool {
+        var byte: UInt8 = 0
+        return recv(descriptor, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT)) > 0
+    }
+
     /// Sets a small receive buffer (before the connection fills it) for clients that never read.
     func shrinkReceiveBuffer(to bytes: Int32 = 4096) {
         var size = bytes

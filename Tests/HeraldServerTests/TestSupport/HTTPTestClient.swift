@@ -114,12 +114,11 @@ enum HTTPTestClient {
         port: Int, method: String = "GET", path: String, headers: [(String, String)] = [], body: [UInt8] = [],
         timeout: Duration = .seconds(10)
     ) async throws -> HTTPResponse {
-        let connection = try await RawConnection.connect(port: port)
         var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         if !body.isEmpty || method == "POST" || method == "PUT" { head += "Content-Length: \(body.count)\r\n" }
         head += "\r\n"
-        try await connection.send(Array(head.utf8) + body)
+        let connection = try await RawConnection.connect(port: port, sending: Array(head.utf8) + body)
         let bytes = try await connection.waitUntil("a response to \(method) \(path)", timeout: timeout) { bytes, closed in
             HTTPResponseParser.parse(bytes, closed: closed, requestMethod: method) != nil || closed
         }

@@ -42,7 +42,10 @@ final class RawConnection: Sendable {
 
     /// Connects to `127.0.0.1:port`. With `reading: false` the connection never reads (a
     /// client that stops consuming: the kernel buffers fill and the server sees backlog).
-    static func connect(port: Int, reading: Bool = true, receiveBuffer: Int? = nil) async throws -> RawConnection {
+    /// `sending` is written on the event loop as soon as the connection is up, not after the
+    /// test's task resumes: under a loaded parallel run that can be later than a short
+    /// request-head timeout, and the server would rightly have answered 408 and closed.
+    static func connect(port: Int, reading: Bool = true, receiveBuffer: Int? = nil, sending initial: [UInt8] = []) async throws -> RawConnection {
         let collector = Collector(reading: reading)
         var bootstrap = ClientBootstrap(group: group)
             .channelOption(.autoRead, value: reading)
@@ -52,7 +55,12 @@ final class RawConnection: Sendable {
         if let receiveBuffer {
             bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
         }
-        let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
+        let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).flatMap { channel in
+            guard !initial.isEmpty else { return channel.eventLoop.makeSucceededFuture(channel) }
+            var buffer = channel.allocator.buffer(capacity: initial.count)
+            buffer.writeBytes(initial)
+            return channel.writeAndFlush(buffer).map { channel }
+        }.get()
         return RawConnection(channel: channel, collector: collector)
     }
 

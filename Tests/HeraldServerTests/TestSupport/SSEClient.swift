@@ -11,11 +11,11 @@ final class SSEClient: Sendable {
 
     static func open(port: Int, path: String, headers: [(String, String)] = [("Accept", "text/event-stream")],
                      version: String = "HTTP/1.1", reading: Bool = true, receiveBuffer: Int? = nil) async throws -> SSEClient {
-        let connection = try await RawConnection.connect(port: port, reading: reading, receiveBuffer: receiveBuffer)
         var head = "GET \(path) \(version)\r\nHost: 127.0.0.1:\(port)\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
-        try await connection.send(head)
+        let connection = try await RawConnection.connect(
+            port: port, reading: reading, receiveBuffer: receiveBuffer, sending: Array(head.utf8))
         return SSEClient(connection: connection)
     }
 
@@ -76,6 +76,20 @@ final class SSEClient: Sendable {
             Self.dataEvents(in: messages).count >= count
         }
         return Self.dataEvents(in: messages)
+    }
+
+    /// Waits for the data event with id `id` and returns every data event up to and
+    /// including it. For negative checks: publish a marker event the stream must receive
+    /// after the ones expected, and anything unwanted the server sent before it is in the list
+    /// (the server delivers in id order).
+    func waitForDataEvents(through id: Int64, timeout: Duration = .seconds(10)) async throws -> [ReceivedEvent] {
+        let marker = String(id)
+        let messages = try await waitFor("the event with id \(id)", timeout: timeout) { messages in
+            Self.dataEvents(in: messages).contains { $0.lastEventID == marker }
+        }
+        let events = Self.dataEvents(in: messages)
+        let end = events.firstIndex { $0.lastEventID == marker }!
+        return Array(events[...end])
     }
 
     /// Waits for the `herald.hello` event and returns its JSON.
