@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh                 # everything (about 20-30 minutes on 2 cores)
 #   CASES="idle-10k fanout-1k-1000" RUNS=1 scripts/bench.sh
+#   HERALD_FLAGS="--stream-writes pipeline" TARGETS=herald scripts/bench.sh   # extra flags; one server only
 #
 # Results: bench-results/<case>-<target>-<run>.json and bench-results/results.md.
 set -euo pipefail
@@ -54,8 +55,9 @@ wait_port() {
 
 start_server() { # start_server herald|nchan
   if [ "$1" = herald ]; then
+    # shellcheck disable=SC2086 # HERALD_FLAGS is a list of flags
     "$bin/herald" --host 127.0.0.1 --port "$HERALD_PORT" --threads 2 --history 10000 \
-      --max-body-bytes 1048576 --log-level error >/dev/null 2>"$OUT/herald.stderr" &
+      --max-body-bytes 1048576 --log-level error ${HERALD_FLAGS:-} >/dev/null 2>"$OUT/herald.stderr" &
     server_pid=$!
     wait_port "$HERALD_PORT"
   else
@@ -89,6 +91,7 @@ for case in $CASES; do
     # with the other's teardown.
     if [ $((run % 2)) = 1 ]; then targets="herald nchan"; else targets="nchan herald"; fi
     for target in $targets; do
+      case " ${TARGETS:-herald nchan} " in *" $target "*) ;; *) continue ;; esac
       port=$HERALD_PORT; [ "$target" = nchan ] && port=$NCHAN_PORT
       start_server "$target"
       echo "==> $case / $target / run $run"
