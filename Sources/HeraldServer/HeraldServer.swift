@@ -21,6 +21,9 @@ import ServiceLifecycle
 /// try await group.run()
 /// ```
 public final class HeraldServer: Service, Sendable {
+    /// This build's version (`herald --version`).
+    public static let version = "0.10.0"
+
     public let configuration: HeraldConfiguration
     private let group: MultiThreadedEventLoopGroup
     private let listening: EventLoopPromise<SocketAddress>
@@ -122,6 +125,7 @@ public final class HeraldServer: Service, Sendable {
                 .bind(host: configuration.host, port: configuration.port)
                 .get()
         } catch {
+            let error = StartError.cannotListen(host: configuration.host, port: configuration.port, cause: error)
             listening.fail(error)
             retention?.cancel()
             await store.close()
@@ -132,6 +136,7 @@ public final class HeraldServer: Service, Sendable {
         }
 
         let address = channel.localAddress!
+        Self.checkPublicFolder(configuration, logger: logger)
         let url = Self.url(for: address)
         logger.info("listening", metadata: ["herald.url": "\(url)", "herald.history": "\(configuration.historyCapacity)"])
         if configuration.announceListening {
@@ -214,10 +219,37 @@ public final class HeraldServer: Service, Sendable {
         }
     }
 
+    /// Warns at start when `--public` has no `index.html`: started from another directory,
+    /// `/` would answer 404 with no hint why.
+    static func checkPublicFolder(_ configuration: HeraldConfiguration, logger: Logger) {
+        let index = URL(fileURLWithPath: configuration.publicDirectory).appendingPathComponent("index.html").path
+        guard !FileManager.default.fileExists(atPath: index) else { return }
+        let folder = URL(fileURLWithPath: configuration.publicDirectory).standardizedFileURL.path
+        logger.warning("no index.html in the --public folder \(folder): / answers 404 (run herald from the repository, or pass --public DIR)")
+    }
+
     static func url(for address: SocketAddress) -> String {
         let host = address.ipAddress ?? "localhost"
         let port = address.port ?? 0
         if case .v6 = address { return "http://[\(host)]:\(port)" }
         return "http://\(host):\(port)"
+    }
+}
+
+/// Why the server could not start, said so that the person starting it knows what to do.
+public enum StartError: Error, CustomStringConvertible {
+    case cannotListen(host: String, port: Int, cause: any Error)
+
+    public var description: String {
+        switch self {
+        case .cannotListen(let host, let port, let cause):
+            if let io = cause as? IOError, io.errnoCode == EADDRINUSE {
+                return "cannot listen on \(host):\(port): the address is already in use (another herald or program has the port); choose another with --port"
+            }
+            if let io = cause as? IOError {
+                return "cannot listen on \(host):\(port): \(String(cString: strerror(io.errnoCode)))"
+            }
+            return "cannot listen on \(host):\(port): \(cause)"
+        }
     }
 }

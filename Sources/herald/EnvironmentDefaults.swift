@@ -9,16 +9,22 @@ import Darwin
 /// Maps `HERALD_*` environment variables onto command-line options the user did not give.
 enum EnvironmentDefaults {
     enum Kind {
-        case value, repeatable, flag
+        /// A text value.
+        case value
+        /// A whole number, checked here so that a bad one names the variable.
+        case integer
+        /// A number of seconds (may have a fraction).
+        case number
+        case repeatable, flag
     }
 
     /// Every option, by its long name.
     static let options: [(name: String, kind: Kind)] = [
-        ("host", .value), ("port", .value), ("public", .value), ("history", .value), ("history-max-age", .value), ("cache", .value), ("keepalive", .value),
-        ("retry-ms", .value), ("publish-key", .repeatable), ("cors-origin", .repeatable),
-        ("max-connections", .value), ("max-retained", .value), ("max-event-bytes", .value), ("max-body-bytes", .value),
-        ("max-queued-bytes", .value), ("no-chunked", .flag), ("demo", .flag), ("store", .value),
-        ("threads", .value), ("stream-writes", .value), ("shutdown-grace", .value), ("log-level", .value),
+        ("host", .value), ("port", .integer), ("public", .value), ("history", .integer), ("history-max-age", .number),
+        ("cache", .integer), ("keepalive", .number), ("retry-ms", .integer), ("publish-key", .repeatable),
+        ("cors-origin", .repeatable), ("max-connections", .integer), ("max-retained", .integer), ("max-event-bytes", .integer),
+        ("max-body-bytes", .integer), ("max-queued-bytes", .integer), ("no-chunked", .flag), ("demo", .flag), ("store", .value),
+        ("threads", .integer), ("stream-writes", .value), ("shutdown-grace", .number), ("log-level", .value),
     ]
 
     static func variableName(for option: String) -> String {
@@ -34,6 +40,16 @@ enum EnvironmentDefaults {
             switch kind {
             case .value:
                 merged += ["--\(name)", value]
+            case .integer:
+                guard Int(value.trimmingCharacters()) != nil else {
+                    throw ValidationError("\(variable)='\(value.prefix(40))' is not a whole number (it sets --\(name))")
+                }
+                merged += ["--\(name)", value.trimmingCharacters()]
+            case .number:
+                guard Double(value.trimmingCharacters()) != nil else {
+                    throw ValidationError("\(variable)='\(value.prefix(40))' is not a number of seconds (it sets --\(name))")
+                }
+                merged += ["--\(name)", value.trimmingCharacters()]
             case .repeatable:
                 for item in value.split(separator: ",") {
                     let trimmed = item.trimmingCharacters()
@@ -68,9 +84,9 @@ extension String {
     fileprivate func replacingDashes() -> String { String(map { $0 == "-" ? "_" : $0 }) }
 }
 
-extension Substring {
+extension StringProtocol {
     fileprivate func trimmingCharacters() -> String {
-        var slice = self
+        var slice = Substring(self)
         while slice.first == " " { slice.removeFirst() }
         while slice.last == " " { slice.removeLast() }
         return String(slice)

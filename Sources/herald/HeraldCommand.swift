@@ -21,7 +21,8 @@ struct HeraldCommand: AsyncParsableCommand {
         Every option can also be set by an environment variable: HERALD_ plus the option in upper \
         snake case (HERALD_PORT, HERALD_RETRY_MS, ...). Repeatable options take a comma-separated list \
         there (HERALD_PUBLISH_KEY=k1,k2); flags take 1/true/yes/on. A command-line option wins over its variable.
-        """
+        """,
+        version: HeraldServer.version
     )
 
     @Option(help: "Address to listen on.")
