@@ -73,6 +73,8 @@ public final class HeraldServer: Service, Sendable {
         let logger = configuration.logger
         let store = hub.store
         do {
+            // The same checks the CLI makes, for code that builds a configuration itself.
+            try configuration.validate()
             try await openStore()
         } catch {
             listening.fail(error)
@@ -80,8 +82,9 @@ public final class HeraldServer: Service, Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
-        // The store's background work (a durable store's writer) runs beside the server.
-        let storeTask = Task { await store.run() }
+        // The store's background work (a durable store's writer) runs beside the server as a
+        // child task (structured: it is awaited below before the server returns).
+        async let storeRun: Void = store.run()
         let retention = startRetention()
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
@@ -129,7 +132,7 @@ public final class HeraldServer: Service, Sendable {
             listening.fail(error)
             retention?.cancel()
             await store.close()
-            await storeTask.value
+            await storeRun
             try? await fileThreadPool.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
@@ -160,7 +163,7 @@ public final class HeraldServer: Service, Sendable {
         retention?.cancel()
         // Publishes still being written are committed (and answered) before the store closes.
         await store.close()
-        await storeTask.value
+        await storeRun
         try? await fileThreadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
         logger.info("stopped")

@@ -25,9 +25,9 @@ struct EndpointRequest {
         return target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
     }
 
-    /// The first value of a header field (comma-joined when it repeats, as HTTP allows for
-    /// list-valued fields).
-    func header(_ name: HTTPField.Name) -> String? { head.headerFields[name] }
+    /// The first value of a header field (a repeated field is not joined: the first line
+    /// counts, as it did before the responders).
+    func header(_ name: HTTPField.Name) -> String? { head.headerFields[values: name].first }
     /// Every value of a header field, one per field line.
     func headers(_ name: HTTPField.Name) -> [String] { head.headerFields[values: name] }
     var origin: String? { header(.origin) }

@@ -60,6 +60,14 @@ final class Responders: Sendable {
         }
     }
 
+    /// What a transport must ask as soon as a request head arrives, before it reads any body:
+    /// whether the request is refused from its head alone (SPEC §16: authorisation is decided
+    /// from the head). Every transport calls this; nil means go on.
+    func refusalAtHead(method: HTTPRequest.Method, route: Route, credentials: RequestCredentials) -> Problem? {
+        guard method != .options, route.requiresPublisher(method) else { return nil }
+        return server.authorizer.publisher(credentials)
+    }
+
     /// A thrown error as an answer: a ``Problem`` or validation error as it says; anything
     /// else as a 500 whose cause goes to the log, not to the client.
     func answer(for error: any Error, _ request: EndpointRequest, route: Route) -> EndpointAnswer {

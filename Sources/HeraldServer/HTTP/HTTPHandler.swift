@@ -238,7 +238,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             // Answered now and closed, whatever body may follow (waiting for it would let a
             // client that never sends it hold the connection).
             refusal = Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true)
-        } else if method != .options && route.requiresPublisher(method), let problem = authorize(head, context: context) {
+        } else if let problem = responders.refusalAtHead(
+            method: method, route: route,
+            credentials: RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress))) {
             refusal = problem
         } else if takesBody, let length, length > configuration.maxBodyBytes {
             // Reading a body that will be refused only wastes time.
@@ -248,11 +250,6 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         return HTTPConnectionMachine.Head(
             announcesBody: announcesBody, takesBody: takesBody, refusal: refusal,
             expectsContinue: head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }))
-    }
-
-    /// Publisher authorisation, by the server's ``Authorizer``.
-    private func authorize(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> Problem? {
-        server.authorizer.publisher(RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress)))
     }
 
     // MARK: Dispatch
@@ -280,7 +277,15 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         responders.respond(to: endpointRequest, route: route, scope: scope).assumeIsolated().whenComplete { result in
             scope.finish()
             if self.scope === scope { self.scope = nil }
-            guard case .success(let reply) = result else { return } // abandoned: the client left
+            guard case .success(let reply) = result else {
+                // Abandoned because the client left; should the connection still be there,
+                // it gets an answer rather than silence.
+                if context.channel.isActive && self.machine.mayAnswer {
+                    self.sendProblem(Problem(.internalServerError, "the server failed to answer this request; the cause is in its log"),
+                                     context: context, request: head)
+                }
+                return
+            }
             switch reply {
             case .answer(let answer):
                 self.respond(context: context, request: head, status: Self.status(answer.status),

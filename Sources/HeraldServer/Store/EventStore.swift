@@ -1,5 +1,6 @@
 import HeraldCore
 import NIOCore
+import ServiceLifecycle
 
 /// Where events are kept and who gives them their ids (SPEC §9): the one seam a new store
 /// plugs into. `memory` (the ring only), `sqlite:PATH` (one durable file) and, for a
@@ -16,7 +17,7 @@ import NIOCore
 ///   before the appender's future completes. Only then do subscribers see it.
 /// - **History past the cache** (``keepsHistoryBeyondCache``) is read back with
 ///   ``events(after:through:limit:)`` off the event loop; the hub's ring is the hot cache.
-protocol EventStore: AnyObject, Sendable {
+protocol EventStore: AnyObject, Sendable, Service {
     /// For logs and errors: `memory`, or the store's location.
     var description: String { get }
     /// Whether the store holds history the ring does not (then the history's floor is the
@@ -45,8 +46,9 @@ protocol EventStore: AnyObject, Sendable {
     /// Events in the store's history (for `/metrics`); nil when the ring is the history.
     var storedEventCount: Int? { get }
 
-    /// The store's background work (a durable store's writer), run as a service from
-    /// after ``open(sink:cacheCapacity:freshStart:)`` until ``close()``.
+    /// The store's background work (a durable store's writer): a swift-service-lifecycle
+    /// `Service`, run by the server as a child task from after
+    /// ``open(sink:cacheCapacity:freshStart:)`` until ``close()``.
     func run() async
 
     /// Stops taking appends, waits for the queued ones (they are answered) and for ``run()``

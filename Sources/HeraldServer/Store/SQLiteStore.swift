@@ -59,6 +59,10 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
     // Guarded by `lock`.
     private let lock = NIOLock()
     private var connections: Connections?
+    /// The writer while `open` is still reading the file (before both connections are up).
+    private var openWriter: SQLiteConnection?
+    /// Whether ``run()`` has started (else ``close()`` has no writer to wait for).
+    private var runStarted = false
     private var sink: (any CommittedEventSink)?
     private var queue: [PendingBatch] = []
     /// The newest id given out; runs ahead of the committed ones while batches wait.
@@ -101,6 +105,8 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
         writerPool.start()
         readerPool.start()
         let writer = try await SQLiteConnection.open(storage: .file(path: path), threadPool: writerPool, logger: logger, on: loop)
+        // Held where close() finds it from now on, so a failure below still closes it.
+        lock.withLock { openWriter = writer }
         // busy_timeout first: a backup tool holding a read lock makes a statement wait a
         // little instead of failing at once with SQLITE_BUSY.
         for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=OFF"] {
@@ -122,7 +128,10 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
             throw error
         }
         let reader = try await SQLiteConnection.open(storage: .file(path: path), threadPool: readerPool, logger: logger, on: loop)
-        lock.withLock { connections = Connections(writer: writer, reader: reader) }
+        lock.withLock {
+            connections = Connections(writer: writer, reader: reader)
+            openWriter = nil
+        }
         _ = try await reader.query("PRAGMA busy_timeout=5000")
         _ = try await reader.query("PRAGMA query_only=ON")
 
@@ -253,7 +262,10 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
     /// The writer: commits what is queued (group commit) and prunes between commits, each
     /// time it is woken, until ``close()``.
     func run() async {
-        guard let finished = lock.withLock({ writerFinished }) else { return }
+        guard let finished = lock.withLock({ () -> EventLoopPromise<Void>? in
+            runStarted = true
+            return writerFinished
+        }) else { return }
         for await _ in wakeups { await drain() }
         await drain()
         finished.succeed()
@@ -478,18 +490,26 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
 
     /// Waits for queued writes, then closes the file (checkpointing the WAL).
     func close() async {
-        let finished = lock.withLock {
+        let (finished, started) = lock.withLock {
             closed = true
-            return writerFinished
+            return (writerFinished, runStarted)
         }
         wakeupContinuation.finish()
-        try? await finished?.futureResult.get()
-        let connections = lock.withLock { () -> Connections? in
-            defer { self.connections = nil }
-            return self.connections
+        if started {
+            try? await finished?.futureResult.get()
+        } else {
+            finished?.succeed() // opened, but the writer never ran: nothing queued can be committed
+        }
+        let (connections, openWriter) = lock.withLock { () -> (Connections?, SQLiteConnection?) in
+            defer {
+                self.connections = nil
+                self.openWriter = nil
+            }
+            return (self.connections, self.openWriter)
         }
         try? await connections?.reader.close()
         try? await connections?.writer.close()
+        try? await openWriter?.close()
         try? await writerPool.shutdownGracefully()
         try? await readerPool.shutdownGracefully()
         if lockDescriptor >= 0 {

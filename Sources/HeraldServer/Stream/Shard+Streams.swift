@@ -87,6 +87,7 @@ extension Shard {
         let firstBytes = WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator)
         return {
             guard !stream.closed else { return }
+            stream.started = true
             stream.write(firstBytes)
             self.continueReplay(stream)
         }
@@ -171,7 +172,6 @@ extension Shard {
         hub.metrics.bytesSent.increment(by: bytes)
         if batch.finished {
             stream.retainedPosition = StreamConnection.notRetaining
-            stream.retainedThrough = stream.cursor
             if stream.cursor >= deliveredThrough {
                 stream.replaying = false
                 stream.flush()
@@ -207,9 +207,10 @@ extension Shard {
         stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
         hub.metrics.resets.increment()
         stream.cursor = deliveredThrough
-        // The retained state again, as on connect; a stream that already got it up to some
-        // position gets only what changed after it.
-        stream.retainedPosition = stream.retainedThrough
+        // The whole retained state again, as on connect: a client reloads its state on a
+        // reset. (A client too slow to finish a replay within the history window can be
+        // reset again; each round still delivers, and it is paced by its own socket.)
+        stream.retainedPosition = .min
         continueReplay(stream)
     }
 

@@ -177,6 +177,10 @@ final class Shard: @unchecked Sendable {
             let retry = retryMilliseconds + Int(delay.nanoseconds / 1_000_000)
             eventLoop.assumeIsolated().scheduleTask(in: delay) {
                 guard !stream.closed else { return }
+                guard stream.started else {
+                    stream.close(graceful: false)
+                    return
+                }
                 var bytes: [UInt8] = []
                 SSEEncoder.appendComment("server shutting down", to: &bytes)
                 SSEEncoder.appendRetry(milliseconds: retry, to: &bytes)

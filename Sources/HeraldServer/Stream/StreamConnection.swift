@@ -38,11 +38,11 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// ``notRetaining`` otherwise. (Plain `Int64`s with sentinels: an optional would cost
     /// each of a million streams 8 more bytes of padding.)
     var retainedPosition: Int64 = StreamConnection.notRetaining
-    /// The position up to which this stream has been sent the retained state (`.min`: never).
-    /// After a reset only what changed since is sent again, so a slow client of a large
-    /// retained set is not sent all of it over and over.
-    var retainedThrough: Int64 = .min
     static let notRetaining = Int64.max
+    /// Whether the stream has written its first bytes. A stream written through its pipeline
+    /// starts a tick after it is registered (once the HTTP handlers below it are gone); until
+    /// then nothing may be written to it, so closing it just closes.
+    var started = false
     var closed = false
     /// Whether the stream is in the shard's list of streams to flush after a batch.
     var awaitingFlush = false
@@ -106,7 +106,7 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     func close(graceful: Bool) {
         guard !closed, let context = sink.context else { return }
         closed = true
-        if graceful {
+        if graceful && started {
             sink.closeAfter(chunked ? context.channel.allocator.buffer(staticString: WireFormat.lastChunk)
                 : context.channel.allocator.buffer(capacity: 0))
         } else {
