@@ -12,6 +12,20 @@ import Testing
 struct HardeningTests {
     static let megabyte = 1 << 20
 
+    /// `count` clients that send `request` and then never read (with small receive buffers).
+    static func nonReaders(_ count: Int, port: Int, sending request: String) async -> [BlockingSocket] {
+        await onThread {
+            var sockets: [BlockingSocket] = []
+            for _ in 0..<count {
+                guard let socket = try? BlockingSocket(port: port) else { continue }
+                socket.shrinkReceiveBuffer()
+                socket.send(request)
+                sockets.append(socket)
+            }
+            return sockets
+        }
+    }
+
     /// A normal client is still served: `/health` answers 200.
     static func expectHealthy(_ port: Int, _ what: String = "") async throws {
         let health = try await HTTPTestClient.get(port, "/health")
@@ -238,16 +252,8 @@ struct HardeningTests {
             await reader.close()
 
             let before = residentBytes()
-            let sockets = await onThread { () -> [BlockingSocket] in
-                var sockets: [BlockingSocket] = []
-                for _ in 0..<150 {
-                    guard let socket = try? BlockingSocket(port: port) else { continue }
-                    socket.shrinkReceiveBuffer()
-                    socket.send("GET /events?topic=* HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
-                    sockets.append(socket)
-                }
-                return sockets
-            }
+            let sockets = await Self.nonReaders(
+                150, port: port, sending: "GET /events?topic=* HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
             // They read nothing (not even a hello): wait until every stream is open, its head and
             // first events waiting in its socket. (Watched from the client side: /metrics, which
             // visits every shard, can take seconds to answer while the shards pace 150 replays.)
@@ -286,16 +292,7 @@ struct HardeningTests {
             #expect(whole.body == content)
 
             let before = residentBytes()
-            let sockets = await onThread { () -> [BlockingSocket] in
-                var sockets: [BlockingSocket] = []
-                for _ in 0..<20 {
-                    guard let socket = try? BlockingSocket(port: port) else { continue }
-                    socket.shrinkReceiveBuffer()
-                    socket.send("GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                    sockets.append(socket)
-                }
-                return sockets
-            }
+            let sockets = await Self.nonReaders(20, port: port, sending: "GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             // Wait until every download is being answered: the file's first bytes wait in each socket.
             try await eventually("all \(sockets.count) downloads to be answered", timeout: .seconds(30), interval: .milliseconds(10)) {
                 sockets.allSatisfy { $0.hasBytesWaiting() }
