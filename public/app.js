@@ -288,6 +288,14 @@
     }
   }
 
+  // The footer's curl command, with this page's own address so it works when pasted.
+  var hint = document.getElementById('curl-hint');
+  if (hint && window.location && window.location.host) {
+    hint.textContent = "curl -X POST '" + window.location.protocol + '//' + window.location.host +
+      "/events?topic=quotes/XYZ&type=quote&retain=1' -H 'Content-Type: application/json'" +
+      " --data-binary '{\"symbol\":\"XYZ\",\"price\":101.5}'";
+  }
+
   window.heraldDemo = state;  // for tests and the curious
   start();
 })();
