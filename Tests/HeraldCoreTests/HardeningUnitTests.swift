@@ -11,9 +11,16 @@ struct HardeningUnitTests {
         #expect(HTTPDate.format(secondsSince1970: 784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
         #expect(HTTPDate.format(secondsSince1970: 0) == "Thu, 01 Jan 1970 00:00:00 GMT")
         #expect(HTTPDate.parse("Thu, 29 Feb 2024 12:00:00 GMT") != nil)
+        // The obsolete forms RFC 9110 asks recipients to accept, for the same instant.
+        #expect(HTTPDate.parse("Sunday, 06-Nov-94 08:49:37 GMT") == 784_111_777)
+        #expect(HTTPDate.parse("Sun Nov  6 08:49:37 1994") == 784_111_777)
+        #expect(HTTPDate.parse("Thursday, 01-Jan-70 00:00:00 GMT") == 0)
+        #expect(HTTPDate.parse("Sun Nov 16 08:49:37 1994") == Int64(784_111_777 + 10 * 86_400))
         for bad in ["Sun, 06 Nov -2147483648 08:49:37 GMT", "Sun, 29 Feb 2023 00:00:00 GMT", "Sun, 06 Nov 1994 24:00:00 GMT",
-                    "Sun, 06 Nov 1994 08:49:37 UTC", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994", "",
-                    "Sun, 00 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 0000 08:49:37 GMT", "Sun, 06 Nov +994 08:49:37 GMT"] {
+                    "Sun, 06 Nov 1994 08:49:37 UTC", "",
+                    "Sun, 00 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 0000 08:49:37 GMT", "Sun, 06 Nov +994 08:49:37 GMT",
+                    "Sunday, 06-Nov-94 08:49:37 UTC", "Sunday, 31-Feb-94 08:49:37 GMT", "Sun Nov 31 08:49:37 1994",
+                    "Sun Nov  6 24:49:37 1994", "Funday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 -994"] {
             #expect(HTTPDate.parse(bad) == nil, "\(bad)")
         }
         #expect(HTTPDate.format(secondsSince1970: .max).contains("9999"))

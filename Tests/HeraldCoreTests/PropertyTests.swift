@@ -127,7 +127,7 @@ struct PropertyTests {
 
     /// Fragments of HTTP header values: dates, numbers, hosts, signs and separators.
     static let headerFragments: [[UInt8]] = [
-        "Sun", "Mon", "Sat", ",", " ", "06", "31", "29", "99", "00", "Nov", "Feb", "Dec", "1994", "2024", "-2147483648",
+        "Sun", "Mon", "Sat", "Sunday", "-", "Nov-94", ",", " ", "06", "31", "29", "99", "00", "Nov", "Feb", "Dec", "1994", "2024", "-2147483648",
         "2147483647", "99999999999999999999", "9223372036854775808", "-", "+", "0", "1", ":", "GMT", "UTC", "08", "49", "60",
         "localhost", "127.0.0.1", "127", ".", "[", "]", "::1", "evil.example", "0x10", "1e9", "\t", "\0", "%", "é",
     ].map { Array($0.utf8) } + [[0xFF], [0xC3]]
@@ -143,8 +143,9 @@ struct PropertyTests {
           .timeLimit(.minutes(5)))
     func headerParsers() async {
         await propertyCheck(count: Self.count, input: Self.headerValues) { text in
-            if let seconds = HTTPDate.parse(text) {
-                // A date that parses formats back to the same text, weekday aside.
+            if let seconds = HTTPDate.parse(text), text.utf8.count == 29 {
+                // An IMF-fixdate that parses formats back to the same text, weekday aside (the
+                // obsolete forms parse to the same instants, checked in the unit tests).
                 #expect(HTTPDate.format(secondsSince1970: seconds).dropFirst(3) == text.dropFirst(3))
             }
             if let number = HTTPNumber.parse(text) {

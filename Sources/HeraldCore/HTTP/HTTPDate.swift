@@ -3,11 +3,11 @@
 ///
 /// The parser reads request headers (`If-Modified-Since`), so it is total: any text, however
 /// long or absurd (a year of -2147483648, a day of 99, digits that overflow), gives either a
-/// date or nil, never a trap. Only the fixed-width IMF-fixdate is accepted; the obsolete
-/// RFC 850 and asctime forms count as absent, which RFC 9110 allows a server to do for a
-/// conditional request (the full answer is always correct).
+/// date or nil, never a trap. The IMF-fixdate and the two obsolete forms RFC 9110 lists are
+/// accepted; anything else counts as absent (the full answer is always correct).
 public enum HTTPDate {
     private static let weekdays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    private static let fullWeekdays = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
     private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
     /// Formats seconds since 1970 (UTC) as an IMF-fixdate. Years are clamped to 0001...9999,
@@ -26,21 +26,66 @@ public enum HTTPDate {
             + "\(two(secondOfDay / 3600)):\(two(secondOfDay / 60 % 60)):\(two(secondOfDay % 60)) GMT"
     }
 
-    /// Parses an IMF-fixdate into seconds since 1970; nil for anything else, including dates
-    /// that do not exist (31 Feb, hour 24). The weekday must be a weekday name but is not
-    /// checked against the date (RFC 9110 lets a recipient ignore it).
+    /// Parses an HTTP date into seconds since 1970: the IMF-fixdate, and the two obsolete forms
+    /// RFC 9110 §5.6.7 asks recipients to accept (RFC 850, `Sunday, 06-Nov-94 08:49:37 GMT`,
+    /// and asctime, `Sun Nov  6 08:49:37 1994`); nil for anything else, including dates that do
+    /// not exist (31 Feb, hour 24). Weekdays must be weekday names but are not checked against
+    /// the date (RFC 9110 lets a recipient ignore them).
     public static func parse(_ text: String) -> Int64? {
         let bytes = Array(text.utf8)
-        // "Sun, 06 Nov 1994 08:49:37 GMT" is exactly 29 bytes.
-        guard bytes.count == 29 else { return nil }
+        if bytes.count == 29 { return parseFixdate(bytes) }
+        if bytes.count == 24 { return parseAsctime(bytes) }
+        return parseRFC850(bytes)
+    }
+
+    /// `Sun, 06 Nov 1994 08:49:37 GMT`: exactly 29 bytes.
+    private static func parseFixdate(_ bytes: [UInt8]) -> Int64? {
         guard bytes[3] == UInt8(ascii: ","), bytes[4] == 0x20, bytes[7] == 0x20, bytes[11] == 0x20, bytes[16] == 0x20,
-              bytes[19] == UInt8(ascii: ":"), bytes[22] == UInt8(ascii: ":"), bytes[25] == 0x20,
-              bytes[26...28].elementsEqual("GMT".utf8)
-        else { return nil }
-        guard weekdays.contains(where: { $0.utf8.elementsEqual(bytes[0..<3]) }),
+              bytes[26...28].elementsEqual("GMT".utf8),
+              weekdays.contains(where: { $0.utf8.elementsEqual(bytes[0..<3]) }),
               let monthIndex = months.firstIndex(where: { $0.utf8.elementsEqual(bytes[8..<11]) }),
-              let day = digits(bytes[5..<7]), let year = digits(bytes[12..<16]),
-              let hour = digits(bytes[17..<19]), let minute = digits(bytes[20..<22]), let second = digits(bytes[23..<25])
+              let day = digits(bytes[5..<7]), let year = digits(bytes[12..<16])
+        else { return nil }
+        return instant(year: year, monthIndex: monthIndex, day: day, clock: bytes[17..<25])
+    }
+
+    /// `Sun Nov  6 08:49:37 1994`: exactly 24 bytes, the day padded with a space.
+    private static func parseAsctime(_ bytes: [UInt8]) -> Int64? {
+        guard bytes[3] == 0x20, bytes[7] == 0x20, bytes[10] == 0x20, bytes[19] == 0x20,
+              weekdays.contains(where: { $0.utf8.elementsEqual(bytes[0..<3]) }),
+              let monthIndex = months.firstIndex(where: { $0.utf8.elementsEqual(bytes[4..<7]) }),
+              let day = bytes[8] == 0x20 ? digits(bytes[9..<10]) : digits(bytes[8..<10]),
+              let year = digits(bytes[20..<24])
+        else { return nil }
+        return instant(year: year, monthIndex: monthIndex, day: day, clock: bytes[11..<19])
+    }
+
+    /// `Sunday, 06-Nov-94 08:49:37 GMT`: a full weekday name, a two-digit year (RFC 9110: one
+    /// that would be more than 50 years in the future is in the past century; read here as
+    /// 1970-2069).
+    private static func parseRFC850(_ bytes: [UInt8]) -> Int64? {
+        guard let comma = bytes.firstIndex(of: UInt8(ascii: ",")), comma >= 6, comma <= 9,
+              bytes.count == comma + 24,
+              fullWeekdays.contains(where: { $0.utf8.elementsEqual(bytes[0..<comma]) })
+        else { return nil }
+        let rest = bytes[(comma + 1)...]
+        let base = rest.startIndex
+        guard rest[base] == 0x20, rest[base + 3] == UInt8(ascii: "-"), rest[base + 7] == UInt8(ascii: "-"),
+              rest[base + 10] == 0x20, rest[(base + 19)...].elementsEqual(" GMT".utf8),
+              let monthIndex = months.firstIndex(where: { $0.utf8.elementsEqual(rest[(base + 4)..<(base + 7)]) }),
+              let day = digits(rest[(base + 1)..<(base + 3)]), let shortYear = digits(rest[(base + 8)..<(base + 10)])
+        else { return nil }
+        let year = shortYear < 70 ? 2000 + shortYear : 1900 + shortYear
+        return instant(year: year, monthIndex: monthIndex, day: day, clock: rest[(base + 11)..<(base + 19)])
+    }
+
+    /// A checked date and `HH:MM:SS` clock as seconds since 1970; nil for a date or time that
+    /// does not exist.
+    private static func instant(year: Int64, monthIndex: Int, day: Int64, clock: ArraySlice<UInt8>) -> Int64? {
+        let base = clock.startIndex
+        guard clock.count == 8, clock[base + 2] == UInt8(ascii: ":"), clock[base + 5] == UInt8(ascii: ":"),
+              let hour = digits(clock[base..<(base + 2)]), let minute = digits(clock[(base + 3)..<(base + 5)]),
+              let second = digits(clock[(base + 6)..<(base + 8)])
         else { return nil }
         let month = Int64(monthIndex + 1)
         guard year >= 1, day >= 1, day <= daysIn(month: month, year: year), hour <= 23, minute <= 59, second <= 60 else {
