@@ -32,6 +32,9 @@ public final class HeraldServer: Service, Sendable {
     private let started = ManagedAtomic<Bool>(false)
     /// Where a new id sequence starts after (a memory store, or a new store file).
     private let freshStart: Int64
+    /// The ring's capacity: the whole history with `memory`, a cache of the newest events
+    /// with a store that keeps more.
+    private let ringCapacity: Int
 
     public init(configuration: HeraldConfiguration) {
         self.configuration = configuration
@@ -43,6 +46,7 @@ public final class HeraldServer: Service, Sendable {
         // With a durable store the ring is a cache of its newest events.
         let ringCapacity = store.keepsHistoryBeyondCache
             ? max(1, min(configuration.historyCapacity, configuration.cacheCapacity)) : max(1, configuration.historyCapacity)
+        self.ringCapacity = ringCapacity
         self.hub = Hub(store: store, capacity: ringCapacity, startingAfter: start,
                        maxRetained: configuration.maxRetained, metrics: metrics)
         self.freshStart = start
@@ -173,8 +177,7 @@ public final class HeraldServer: Service, Sendable {
     /// idempotency keys from its snapshot, the shards from its newest id.
     private func openStore() async throws {
         let store = hub.store
-        let cache = store.keepsHistoryBeyondCache
-            ? max(1, min(configuration.historyCapacity, configuration.cacheCapacity)) : max(1, configuration.historyCapacity)
+        let cache = ringCapacity
         let snapshot: StoreSnapshot
         do {
             snapshot = try await store.open(sink: hub, cacheCapacity: cache, freshStart: freshStart)

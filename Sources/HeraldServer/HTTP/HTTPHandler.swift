@@ -23,6 +23,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     var machine: HTTPConnectionMachine
     var request: HTTPRequestHead?
     var route = Route.unknownAPI
+    /// Who sends the current request, read from its head.
+    private var credentials: RequestCredentials?
     var body: ByteBuffer?
     var hasUnterminatedResponse = false
     /// The request being answered (a waiting long poll is cancelled through it when the
@@ -227,6 +229,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let uri = head.uri
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
         route = Route(path: path)
+        // Read once from the head; the endpoint gets the same.
+        let credentials = RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress))
+        self.credentials = credentials
         let lengthHeader = head.headers.first(name: "content-length")
         let length = lengthHeader.flatMap { HTTPNumber.parse($0) }
         let announcesBody = (length ?? 0) > 0 || lengthHeader.map({ HTTPNumber.parse($0) == nil }) == true
@@ -238,9 +243,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             // Answered now and closed, whatever body may follow (waiting for it would let a
             // client that never sends it hold the connection).
             refusal = Problem(.uriTooLong, "the request target is longer than 8192 bytes", closeConnection: true)
-        } else if let problem = responders.refusalAtHead(
-            method: method, route: route,
-            credentials: RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress))) {
+        } else if let problem = responders.refusalAtHead(method: method, route: route, credentials: credentials) {
             refusal = problem
         } else if takesBody, let length, length > configuration.maxBodyBytes {
             // Reading a body that will be refused only wastes time.
@@ -268,7 +271,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let endpointRequest = EndpointRequest(
             head: HTTPRequest(method: method, scheme: nil, authority: head.headers.first(name: "host"), path: head.uri, headerFields: fields),
             body: body,
-            credentials: RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress)),
+            credentials: credentials ?? RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress)),
             streamsCloseDelimited: head.version.major == 1 && head.version.minor == 0,
             eventLoop: context.eventLoop, allocator: context.channel.allocator)
         body = nil
