@@ -8,7 +8,8 @@
 #
 # Needs root only to install missing Debian packages (apt-get); the Python packages go into a
 # virtual environment of its own (.venv-test), so a stock Debian Python ("externally managed")
-# works and nothing is installed system-wide.
+# works and nothing is installed system-wide. The cluster tests (scripts/e2e/test_cluster.py)
+# start a throwaway PostgreSQL in a temporary folder and stop it at their end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +20,20 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The cluster tests start a throwaway PostgreSQL of their own (scripts/e2e/pg.py).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # Debian starts the services it installs (PostgreSQL's main cluster among them); the
+  # tests start their own servers, so nothing is started here (policy-rc.d: 101 = refuse).
+  policy=/usr/sbin/policy-rc.d
+  own_policy=false
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; own_policy=true; fi
+  status=0
+  { apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null; } || status=$?
+  if $own_policy; then rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || { echo "installing ${need_apt[*]} failed" >&2; exit "$status"; }
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || {
   log "installing python3-venv"; export DEBIAN_FRONTEND=noninteractive

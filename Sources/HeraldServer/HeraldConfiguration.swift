@@ -10,6 +10,8 @@ public struct HeraldConfiguration: Sendable {
         case memory
         /// A SQLite file: every acknowledged event is durable; survives restart and crash.
         case sqlite(path: String)
+        /// A PostgreSQL database shared by every node of a cluster (SPEC §12).
+        case postgres(PostgresLocation)
 
         /// The store a `--store` URL names: `memory` or `sqlite:PATH`. The scheme is read here
         /// and nowhere else; ``makeEventStore(for:startingAfter:loop:)`` makes the store.
@@ -23,9 +25,10 @@ public struct HeraldConfiguration: Sendable {
                 }
                 self = .sqlite(path: path)
             } else if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
-                throw ConfigurationError("--store postgres:// (cluster mode) is not available in this version; use 'memory' or 'sqlite:PATH'")
+                self = .postgres(try PostgresLocation(url: url))
             } else {
-                throw ConfigurationError("--store '\(url)' is not a store; use 'memory' or 'sqlite:PATH'")
+                throw ConfigurationError(
+                    "--store '\(url.prefix(100))' is not a store; use 'memory', 'sqlite:PATH' or 'postgres://USER:PASSWORD@HOST:PORT/DB'")
             }
         }
     }
@@ -67,6 +70,10 @@ public struct HeraldConfiguration: Sendable {
     /// instead of straight to the socket: for tests of that path and for measuring what the
     /// direct path saves (the hidden `--stream-writes pipeline`).
     public var streamsThroughPipeline = false
+    /// Test only (`--cluster-unsafe-ids`, hidden): a `postgres://` store takes ids from a plain
+    /// sequence before commit and holds each transaction open a random few milliseconds: the
+    /// classic backplane bug, so that the cluster tests can prove their order check catches it.
+    public var clusterUnsafeIDs = false
     public var store: Store = .memory
     /// Threads serving connections (one fan-out shard each); defaults to the core count.
     public var eventLoopThreads = System.coreCount

@@ -86,6 +86,14 @@ public final class HeraldServer: Service, Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
+        if let directory = store.cluster {
+            // The cluster's client directory lists this node's clients and closes a token's
+            // streams here when any node asks.
+            let shards = hub.shards
+            directory.attach(
+                clients: { await Responders.localClients(shards, token: nil) },
+                close: { token in for shard in shards { shard.eventLoop.execute { _ = shard.close(token: token) } } })
+        }
         // The store's background work (a durable store's writer) runs beside the server as a
         // child task (structured: it is awaited below before the server returns).
         async let storeRun: Void = store.run()

@@ -79,8 +79,11 @@ struct HeraldCommand: AsyncParsableCommand {
     @Option(name: .customLong("stream-writes"), help: .hidden)
     var streamWrites = "direct"
 
-    @Option(help: "Event store: 'memory' (the default) or 'sqlite:PATH' (durable: survives restart and kill -9).")
+    @Option(help: "Event store: 'memory' (the default), 'sqlite:PATH' (durable: survives restart and kill -9) or 'postgres://USER:PASSWORD@HOST:PORT/DB' (cluster mode: every node on the same database shares one history).")
     var store = "memory"
+
+    @Flag(name: .customLong("cluster-unsafe-ids"), help: .hidden)
+    var clusterUnsafeIDs = false
 
     @Option(help: "Event-loop threads (one fan-out shard each); default: one per core.")
     var threads: Int?
@@ -109,6 +112,7 @@ struct HeraldCommand: AsyncParsableCommand {
             }
             configuration.cacheCapacity = cache
             configuration.store = try HeraldConfiguration.Store(url: store)
+            configuration.clusterUnsafeIDs = clusterUnsafeIDs
             configuration.keepAlive = keepalive
             _ = try HeraldConfiguration.duration(seconds: keepalive, flag: "--keepalive", range: 0.001...86_400)
             configuration.retryMilliseconds = retryMilliseconds

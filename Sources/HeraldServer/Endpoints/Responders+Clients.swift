@@ -11,33 +11,66 @@ extension Responders {
     }
 
     /// `GET /clients` and `GET /clients/{token}` (SPEC §3): asks every shard for its streams
-    /// (one hop per loop) and merges them per token.
+    /// (one hop per loop) and merges them per token; in a cluster (SPEC §12) with the other
+    /// live nodes' clients from the shared directory (at most about 2 s old).
     func listClients(_ request: EndpointRequest, route: Route, token: String?) -> EventLoopFuture<EndpointReply> {
         let shards = server.hub.shards
-        let futures = shards.map { shard in shard.eventLoop.submit { shard.streamInfos(token: token) } }
+        let directory = server.hub.store.cluster
         let cors = corsFields(request)
-        return EventLoopFuture.whenAllSucceed(futures, on: request.eventLoop).map { perShard -> EndpointReply in
-            let clients = Self.mergeClients(perShard.flatMap { $0 })
+        return request.eventLoop.makeFutureWithTask { () -> EndpointReply in
+            var clients = await Self.localClients(shards, token: token)
+            if let directory {
+                let remote: [ClientSummary]
+                do {
+                    remote = try await directory.remoteClients(token: token)
+                } catch {
+                    return .answer(self.problem(
+                        Problem(.serviceUnavailable, "the cluster's client list cannot be read while its database is unreachable; retry",
+                                headers: [("Retry-After", "1")]), request, route: route))
+                }
+                clients = ClientSummary.merged(clients + remote, countingNodes: true)
+            }
+            let cluster = directory != nil
             if let token {
                 guard let client = clients.first(where: { $0.token == token }) else {
                     return .answer(self.problem(Problem(.notFound, "no client '\(token)' is connected"), request, route: route))
                 }
-                return .answer(.json(client.json, headers: cors, allocator: request.allocator))
+                return .answer(.json(client.json(cluster: cluster), headers: cors, allocator: request.allocator))
             }
-            let json = JSONValue.object([("clients", .array(clients.map(\.json))), ("count", .integer(clients.count))])
+            let json = JSONValue.object([("clients", .array(clients.map { $0.json(cluster: cluster) })), ("count", .integer(clients.count))])
             return .answer(.json(json, headers: cors, allocator: request.allocator))
-        }.flatMapErrorThrowing { error in
-            .answer(self.answer(for: error, request, route: route))
         }
     }
 
-    /// `DELETE /clients/{token}`: closes the token's streams on every shard. It does not
+    /// `DELETE /clients/{token}`: closes the token's streams on every shard, and in a cluster
+    /// on every node (through the database's notifications, within a second). It does not
     /// ban: the client may reconnect and resume.
     func disconnect(_ request: EndpointRequest, route: Route, token: String) -> EventLoopFuture<EndpointReply> {
-        let futures = server.hub.shards.map { shard in shard.eventLoop.submit { shard.close(token: token) } }
+        let shards = server.hub.shards
+        let directory = server.hub.store.cluster
         let cors = corsFields(request)
-        return EventLoopFuture.whenAllComplete(futures, on: request.eventLoop).map { results -> EndpointReply in
-            let closed = results.reduce(0) { $0 + ((try? $1.get()) ?? 0) }
+        return request.eventLoop.makeFutureWithTask { () -> EndpointReply in
+            var closed = 0
+            for shard in shards {
+                closed += (try? await shard.eventLoop.submit { shard.close(token: token) }.get()) ?? 0
+            }
+            if let directory {
+                do {
+                    try await directory.closeEverywhere(token: token)
+                    // Known elsewhere? The directory may be a second behind a new stream, so
+                    // a token it does not list yet is looked up once more after it refreshed.
+                    if closed == 0, try await directory.remoteClients(token: token).isEmpty {
+                        try await Task.sleep(nanoseconds: 1_200_000_000)
+                        if try await directory.remoteClients(token: token).isEmpty == false { closed = 1 }
+                    } else {
+                        closed = max(closed, 1)
+                    }
+                } catch {
+                    return .answer(self.problem(
+                        Problem(.serviceUnavailable, "the other nodes cannot be reached while the cluster's database is unreachable; retry",
+                                headers: [("Retry-After", "1")]), request, route: route))
+                }
+            }
             if closed == 0 {
                 return .answer(self.problem(Problem(.notFound, "no client '\(token)' is connected"), request, route: route))
             }
@@ -45,42 +78,33 @@ extension Responders {
         }
     }
 
-    struct ClientSummary {
-        var token: String
-        var connections: Int
-        var topics: [String]
-        var connectedAt: Int64
-        var lastEventID: Int64?
-        var queuedBytes: Int
-
-        var json: JSONValue {
-            .object([
-                ("client", .string(token)), ("connections", .integer(connections)),
-                ("topics", .array(topics.map(JSONValue.string))),
-                ("connectedAt", .string(WallClock.iso8601(millisecondsSince1970: connectedAt))),
-                ("lastEventId", .stringOrNull(lastEventID.map { String($0) })), ("queuedBytes", .integer(queuedBytes)),
-            ])
-        }
+    /// One summary per token from stream records (see ``ClientSummary/merged(_:countingNodes:)``).
+    static func mergeClients(_ infos: [Shard.StreamInfo]) -> [ClientSummary] {
+        ClientSummary.merged(infos.map {
+            ClientSummary(token: $0.token, connections: 1, topics: $0.topics, connectedAt: $0.connectedAt,
+                          lastEventID: $0.lastEventID, queuedBytes: $0.queuedBytes)
+        }, countingNodes: false)
     }
 
-    /// Merges stream records into one summary per token: topics are the union, the
-    /// connection time the earliest, the last event id the newest delivered.
-    static func mergeClients(_ infos: [Shard.StreamInfo]) -> [ClientSummary] {
-        var byToken: [String: ClientSummary] = [:]
-        for info in infos {
-            if var summary = byToken[info.token] {
-                summary.connections += 1
-                for topic in info.topics where !summary.topics.contains(where: { $0.bytesEqual(topic) }) { summary.topics.append(topic) }
-                summary.connectedAt = min(summary.connectedAt, info.connectedAt)
-                if let id = info.lastEventID { summary.lastEventID = max(summary.lastEventID ?? id, id) }
-                summary.queuedBytes += info.queuedBytes
-                byToken[info.token] = summary
-            } else {
-                byToken[info.token] = ClientSummary(
-                    token: info.token, connections: 1, topics: info.topics, connectedAt: info.connectedAt,
-                    lastEventID: info.lastEventID, queuedBytes: info.queuedBytes)
-            }
+    /// This node's clients, merged per token (every shard visited once, one hop per loop).
+    static func localClients(_ shards: [Shard], token: String?) async -> [ClientSummary] {
+        var infos: [Shard.StreamInfo] = []
+        for shard in shards {
+            if let some = try? await shard.eventLoop.submit({ shard.streamInfos(token: token) }).get() { infos += some }
         }
-        return byToken.values.sorted { ($0.connectedAt, $0.token) < ($1.connectedAt, $1.token) }
+        return mergeClients(infos)
+    }
+}
+
+extension ClientSummary {
+    func json(cluster: Bool) -> JSONValue {
+        var fields: [(String, JSONValue)] = [
+            ("client", .string(token)), ("connections", .integer(connections)),
+            ("topics", .array(topics.map(JSONValue.string))),
+            ("connectedAt", .string(WallClock.iso8601(millisecondsSince1970: connectedAt))),
+            ("lastEventId", .stringOrNull(lastEventID.map { String($0) })), ("queuedBytes", .integer(queuedBytes)),
+        ]
+        if cluster { fields.append(("nodes", .integer(nodes))) }
+        return .object(fields)
     }
 }

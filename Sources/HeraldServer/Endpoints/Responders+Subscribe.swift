@@ -71,7 +71,7 @@ extension Responders {
     /// `GET /events` (SPEC §1): validates, takes a connection slot, and answers "open a
     /// stream" with its parameters and response headers; the transport opens it (and gives
     /// the slot back if it cannot).
-    func subscribe(_ request: EndpointRequest) throws -> EndpointReply {
+    func subscribe(_ request: EndpointRequest) throws -> EventLoopFuture<EndpointReply> {
         guard AcceptNegotiation.acceptsEventStream(request.headers(.accept)) else {
             throw Problem(.notAcceptable,
                           "this endpoint only serves text/event-stream; send 'Accept: text/event-stream' (with curl: -N -H 'Accept: text/event-stream')")
@@ -87,7 +87,7 @@ extension Responders {
             token: subscription.token ?? Self.randomToken(), topics: subscription.topics, filter: subscription.filter,
             lastEventID: subscription.lastEventID, paddingBytes: subscription.paddingBytes, chunked: chunked,
             retryMilliseconds: configuration.retryMilliseconds, direct: true)
-        return .stream(stream, headers: headers)
+        return request.eventLoop.makeSucceededFuture(.stream(stream, headers: headers))
     }
 
     /// A random 128-bit token, hex encoded (valid under the client token rules).

@@ -26,7 +26,7 @@ final class Responders: Sendable {
         do {
             switch (route, request.method) {
             case (.events, .get):
-                return loop.makeSucceededFuture(try subscribe(request))
+                return try afterCatchingUp(request) { try self.subscribe(request) }
             case (.events, .post):
                 return try publish(request, route: route, directTo: nil)
             case (.events, .delete):
@@ -43,9 +43,9 @@ final class Responders: Sendable {
                 try Self.validate(token: token)
                 return disconnect(request, route: route, token: token)
             case (.poll, .get):
-                return try longPoll(request, scope: scope)
+                return try afterCatchingUp(request) { try self.longPoll(request, scope: scope) }
             case (.health, .get), (.health, .head):
-                return loop.makeSucceededFuture(.answer(.json(.object([("status", .string("ok"))]), allocator: request.allocator)))
+                return loop.makeSucceededFuture(.answer(health(request)))
             case (.metrics, .get), (.metrics, .head):
                 return metrics(request)
             case (.staticFile(let path), .get), (.staticFile(let path), .head):
@@ -58,6 +58,45 @@ final class Responders: Sendable {
         } catch {
             return loop.makeSucceededFuture(.answer(answer(for: error, request, route: route)))
         }
+    }
+
+    /// `/health`: 200 `ok`, or 503 `degraded` while the store cannot take publishes (a
+    /// cluster's database unreachable); streams stay open meanwhile.
+    func health(_ request: EndpointRequest) -> EndpointAnswer {
+        let store = server.hub.store
+        guard store.isAvailable else {
+            let json = JSONValue.object([
+                ("status", .string("degraded")), ("store", .string("unreachable")),
+                ("detail", .string("the event store (\(store.description)) cannot be reached: publishing answers 503, open streams stay open")),
+            ])
+            var answer = EndpointAnswer.json(json, allocator: request.allocator)
+            answer.status = .serviceUnavailable
+            answer.headers[.retryAfter] = "1"
+            return answer
+        }
+        return .json(.object([("status", .string("ok"))]), allocator: request.allocator)
+    }
+
+    /// Runs `body` once this node has delivered the request's `Last-Event-ID` when that id is
+    /// newer than anything here: in a cluster an id handed out by another node may be a few
+    /// milliseconds ahead of this one (SPEC §12, resume anywhere). Waits at most 2 s; an id
+    /// that no node gave is then reset as unknown.
+    func afterCatchingUp(_ request: EndpointRequest, _ body: @escaping () throws -> EventLoopFuture<EndpointReply>) throws
+        -> EventLoopFuture<EndpointReply>
+    {
+        let hub = server.hub
+        guard hub.store.cluster != nil, let id = try parseSubscription(request).lastEventID.flatMap(EventIDParser.parse),
+              id > hub.newestID
+        else { return try body() }
+        // The wait completes on the request's loop (its promise is made there), where the
+        // transport's request scope lives.
+        return hub.store.awaitDelivery(through: id, timeout: .seconds(2), on: request.eventLoop).assumeIsolated().flatMap {
+            do {
+                return try body()
+            } catch {
+                return request.eventLoop.makeSucceededFuture(.answer(self.answer(for: error, request, route: .events)))
+            }
+        }.nonisolated()
     }
 
     /// What a transport must ask as soon as a request head arrives, before it reads any body:

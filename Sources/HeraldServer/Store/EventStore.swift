@@ -31,8 +31,9 @@ protocol EventStore: AnyObject, Sendable, Service {
     func open(sink: any CommittedEventSink, cacheCapacity: Int, freshStart: Int64) async throws -> StoreSnapshot
 
     /// Appends a batch (atomically: all or none). The future completes with the ids once it
-    /// is committed and has been handed to the sink.
-    func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<[Int64]>
+    /// is committed and has been handed to the sink. A shared store that already holds the
+    /// batch's idempotency key (committed by another node) answers the first ids, `repeated`.
+    func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<Appended>
 
     /// Clears `topic`'s retained event, in order with appends (a later retain wins).
     func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Void>
@@ -54,6 +55,32 @@ protocol EventStore: AnyObject, Sendable, Service {
     /// Stops taking appends, waits for the queued ones (they are answered) and for ``run()``
     /// to finish, then closes.
     func close() async
+
+    /// Whether the store can take publishes now (`/health` answers 503 `degraded` when not).
+    var isAvailable: Bool { get }
+
+    /// A shared store: completes once every id up to `id` that the cluster has committed has
+    /// been handed to the sink here, or after `timeout` (a `Last-Event-ID` from another node
+    /// may be a few milliseconds ahead of this one). Single-node stores complete at once.
+    func awaitDelivery(through id: Int64, timeout: TimeAmount, on loop: any EventLoop) -> EventLoopFuture<Void>
+
+    /// The cluster's client directory (presence and cross-node commands), for a shared store.
+    var cluster: (any ClusterDirectory)? { get }
+}
+
+extension EventStore {
+    var isAvailable: Bool { true }
+    func awaitDelivery(through id: Int64, timeout: TimeAmount, on loop: any EventLoop) -> EventLoopFuture<Void> {
+        loop.makeSucceededVoidFuture()
+    }
+    var cluster: (any ClusterDirectory)? { nil }
+}
+
+/// What an append answers: the batch's ids, and whether they are those of an earlier batch
+/// with the same idempotency key (nothing new was published).
+struct Appended: Sendable {
+    var ids: [Int64]
+    var repeated: Bool
 }
 
 /// What a publisher asks to append.
@@ -118,6 +145,10 @@ protocol CommittedEventSink: AnyObject, Sendable {
     func committed(_ batches: [CommittedBatch])
     /// The store is about to delete ids up to `floor`: streams stop resuming into them.
     func historyFloorAdvanced(to floor: Int64)
+    /// Committed events up to `id` were deleted before this node could deliver them (it was
+    /// cut off from a shared store for longer than the history lasts): its open streams are
+    /// closed so that their clients resume and learn of the gap with `herald.reset`.
+    func continuityLost(through id: Int64)
 }
 
 /// The store for a configuration: the one place a `--store` scheme becomes a store.
@@ -129,5 +160,10 @@ func makeEventStore(for configuration: HeraldConfiguration, startingAfter start:
         return SQLiteStore(
             path: path, historyLimit: max(1, configuration.historyCapacity), retainedLimit: configuration.maxRetained,
             maxAge: configuration.historyMaxAge, loop: loop, logger: configuration.logger)
+    case .postgres(let location):
+        return PostgresStore(
+            location: location, historyLimit: max(1, configuration.historyCapacity), retainedLimit: configuration.maxRetained,
+            maxAge: configuration.historyMaxAge, unsafeIDs: configuration.clusterUnsafeIDs, loop: loop,
+            logger: configuration.logger)
     }
 }

@@ -31,13 +31,13 @@ final class MemoryStore: EventStore, @unchecked Sendable {
         }
     }
 
-    func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<[Int64]> {
+    func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<Appended> {
         let ids: [Int64] = lock.withLock {
             let events = batch.events(after: &lastID, allocator: allocator)
             sink?.committed([CommittedBatch(events: events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)])
             return events.map(\.id)
         }
-        return loop.makeSucceededFuture(ids)
+        return loop.makeSucceededFuture(Appended(ids: ids, repeated: false))
     }
 
     func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Void> {

@@ -226,7 +226,7 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
 
     /// Gives the batch its ids and queues it; the future succeeds once it is committed and
     /// visible, or fails (nothing published).
-    func append(_ request: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<[Int64]> {
+    func append(_ request: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<Appended> {
         let promise = loop.makePromise(of: Void.self)
         let ids: [Int64]? = lock.withLock {
             guard !closed else { return nil }
@@ -241,10 +241,10 @@ final class SQLiteStore: EventStore, @unchecked Sendable {
         }
         guard let ids else {
             promise.fail(StoreError("the store is closing"))
-            return promise.futureResult.map { [] }
+            return promise.futureResult.map { Appended(ids: [], repeated: false) }
         }
         wakeupContinuation.yield()
-        return promise.futureResult.map { ids }
+        return promise.futureResult.map { Appended(ids: ids, repeated: false) }
     }
 
     func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Void> {

@@ -114,7 +114,7 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
         let request = AppendRequest(drafts: drafts, client: client, retain: retain, idempotencyKey: idempotencyKey,
                                     created: WallClock.millisecondsSince1970())
         guard let key = idempotencyKey else {
-            return store.append(request, on: loop).map { PublishOutcome(ids: $0, repeated: false) }
+            return store.append(request, on: loop).map { PublishOutcome(ids: $0.ids, repeated: $0.repeated) }
         }
         enum Step {
             case answered([Int64])
@@ -137,9 +137,13 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
             return earlier.hop(to: loop).map { PublishOutcome(ids: $0, repeated: true) }
         case .append(let promise):
             let appended = store.append(request, on: loop)
-            appended.whenFailure { _ in self.lock.withLock { self.pendingKeys[key] = nil } }
-            promise.completeWith(appended)
-            return appended.map { PublishOutcome(ids: $0, repeated: false) }
+            appended.whenComplete { _ in
+                // Committed: the key is in the window now (or, in a cluster, found in the
+                // database by the next attempt). Failed: it may be retried.
+                self.lock.withLock { self.pendingKeys[key] = nil }
+            }
+            promise.completeWith(appended.map(\.ids))
+            return appended.map { PublishOutcome(ids: $0.ids, repeated: $0.repeated) }
         }
     }
 
@@ -196,6 +200,14 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
         lock.withLock {
             storeFloor = max(storeFloor, floor)
             idempotency.forget(through: floorLocked)
+        }
+    }
+
+    /// ``CommittedEventSink``: events up to `id` were pruned before this node delivered them;
+    /// every open stream is closed so its client resumes and is told.
+    func continuityLost(through id: Int64) {
+        for shard in shards {
+            shard.eventLoop.execute { shard.closeEveryStream() }
         }
     }
 

@@ -190,6 +190,13 @@ final class Shard: @unchecked Sendable {
         }
     }
 
+    /// Closes every open stream at once (not a shutdown: keep-alives go on for new ones).
+    /// Their clients reconnect and resume, or are told with `herald.reset` what is gone.
+    func closeEveryStream() {
+        eventLoop.assertInEventLoop()
+        for stream in Array(streams.values) where !stream.closed { stream.close(graceful: false) }
+    }
+
     // MARK: Client listing
 
     struct StreamInfo {
