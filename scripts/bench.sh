@@ -7,8 +7,12 @@
 #   scripts/bench.sh                 # everything (about 20-30 minutes on 2 cores)
 #   CASES="idle-10k fanout-1k-1000" RUNS=1 scripts/bench.sh
 #   HERALD_FLAGS="--stream-writes pipeline" TARGETS=herald scripts/bench.sh   # extra flags; one server only
+#   CASES="cluster-latency cluster-throughput cluster-capacity" scripts/bench.sh   # cluster mode (opt-in)
+#   SCRATCH=.build-bench scripts/bench.sh   # build in another folder (swift build --scratch-path)
 #
-# Results: bench-results/<case>-<target>-<run>.json and bench-results/results.md.
+# Results: bench-results/<case>-<target>-<run>.json and bench-results/results.md. The cluster-*
+# cases (Herald nodes on one PostgreSQL against nginx+Nchan instances on one Redis) are run by
+# scripts/bench-cluster.sh, results in bench-results/cluster/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +29,11 @@ if ! dpkg -s nginx-light >/dev/null 2>&1 && ! dpkg -s nginx >/dev/null 2>&1 || !
 fi
 dpkg -s zlib1g-dev >/dev/null 2>&1 || apt-get install -y -qq zlib1g-dev >/dev/null
 
-echo "==> swift build -c release (herald, herald-bench)"
-swift build -c release --product herald >/dev/null
-swift build -c release --product herald-bench >/dev/null
-bin="$(swift build -c release --show-bin-path)"
+SCRATCH="${SCRATCH:-}" # empty: SwiftPM's default .build
+echo "==> swift build -c release (herald, herald-bench)${SCRATCH:+ in $SCRATCH}"
+swift build -c release ${SCRATCH:+--scratch-path "$SCRATCH"} --product herald >/dev/null
+swift build -c release ${SCRATCH:+--scratch-path "$SCRATCH"} --product herald-bench >/dev/null
+bin="$(swift build -c release ${SCRATCH:+--scratch-path "$SCRATCH"} --show-bin-path)"
 ulimit -n "$(ulimit -Hn)"
 
 nchan_dir="$(mktemp -d /tmp/herald-bench-nchan.XXXXXX)"
@@ -83,8 +88,13 @@ declare -A CASE_ARGS=(
 )
 ORDER="idle-1k idle-10k idle-19k fanout-1k-100 fanout-1k-1000 fanout-10k-100 fanout-10k-1000 topics-10k reconnect-10k"
 CASES="${CASES:-$ORDER}"
-
+cluster_cases=""
+single_cases=""
 for case in $CASES; do
+  case "$case" in cluster-*) cluster_cases="$cluster_cases $case" ;; *) single_cases="$single_cases $case" ;; esac
+done
+
+for case in $single_cases; do
   args="${CASE_ARGS[$case]:?unknown case $case}"
   for run in $(seq 1 "$RUNS"); do
     # Alternate which server goes first, so neither always runs on a machine still busy
@@ -104,4 +114,10 @@ for case in $CASES; do
   done
 done
 
-python3 scripts/bench_summary.py "$OUT" | tee "$OUT/results.md"
+if [ -n "$single_cases" ]; then
+  python3 scripts/bench_summary.py "$OUT" | tee "$OUT/results.md"
+fi
+if [ -n "$cluster_cases" ]; then
+  stop_server
+  BIN="$bin" OUT="$OUT" CASES="$cluster_cases" scripts/bench-cluster.sh
+fi

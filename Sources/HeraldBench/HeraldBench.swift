@@ -16,15 +16,20 @@ struct HeraldBench: AsyncParsableCommand {
         abstract: "Load-test an SSE server: streams, fan-out rate, latency, memory per stream.",
         discussion: """
         Scenarios: idle (open streams, measure memory), fanout (publish while streams listen), \
-        reconnect (drop every stream while events are published, then resume with Last-Event-ID). \
+        reconnect (drop every stream while events are published, then resume with Last-Event-ID), \
+        capacity (idle, then fanout on the same streams: memory and delivery to all of them). \
         Targets: --target herald (GET /events?topic=, POST /events?topic=) or nchan \
         (GET /sub/TOPIC, POST /pub/TOPIC), or give --sub-path/--pub-path templates with {topic}.
         """)
 
-    @Option(help: "idle, fanout or reconnect.") var scenario = "fanout"
+    @Option(help: "idle, fanout, reconnect or capacity.") var scenario = "fanout"
     @Option(help: "herald or nchan (sets the path templates and headers).") var target = "herald"
     @Option(help: "Server host (loopback only).") var host = "127.0.0.1"
     @Option(help: "Server port.") var port = 8080
+    @Option(name: .customLong("ports"), help: "Comma-separated server ports the streams are spread over (stream i on port i mod K), for a cluster of nodes; default: --port.")
+    var portList: String?
+    @Option(name: .customLong("pub-port"), help: "Port the publisher posts to (another cluster node than the streams'); default: --port.")
+    var pubPort: Int?
     @Option(name: .customLong("sub-path"), help: "Subscribe path template; {topic} is replaced.") var subPath: String?
     @Option(name: .customLong("pub-path"), help: "Publish path template; {topic} is replaced.") var pubPath: String?
     @Option(name: .customLong("pub-header"), help: "Extra publish header 'Name: value' (repeatable).") var pubHeaders: [String] = []
@@ -33,7 +38,8 @@ struct HeraldBench: AsyncParsableCommand {
     @Option(help: "Events per second in total.") var rate: Double = 100
     @Option(help: "Seconds of publishing.") var duration: Double = 10
     @Option(help: "Bytes of event data.") var payload = 100
-    @Option(name: .customLong("server-pid"), help: "PID of the server (its children are included) for memory and CPU.") var serverPID: Int32?
+    @Option(name: .customLong("server-pid"), help: "PID of the server (its children are included) for memory and CPU; repeatable, summed (cluster nodes).")
+    var serverPIDs: [Int32] = []
     @Option(name: .customLong("source-addresses"), help: "Spread connections over 127.0.0.1 ... 127.0.0.K.") var sourceAddresses = 1
     @Option(help: "Connections being opened at once.") var concurrency = 256
     @Option(help: "Client event-loop threads.") var threads = 1
@@ -47,18 +53,34 @@ struct HeraldBench: AsyncParsableCommand {
         guard host.hasPrefix("127.") || host == "::1" || host == "localhost" else {
             throw ValidationError("herald-bench only targets loopback addresses")
         }
-        guard ["idle", "fanout", "reconnect"].contains(scenario) else { throw ValidationError("unknown --scenario \(scenario)") }
+        guard ["idle", "fanout", "reconnect", "capacity"].contains(scenario) else { throw ValidationError("unknown --scenario \(scenario)") }
         guard ["herald", "nchan"].contains(target) || (subPath != nil && pubPath != nil) else {
             throw ValidationError("unknown --target \(target); give --sub-path and --pub-path")
         }
         guard streams >= 1, topics >= 1, rate > 0, duration > 0, payload >= 32, sourceAddresses >= 1, sourceAddresses <= 254 else {
             throw ValidationError("--streams, --topics, --rate, --duration must be positive; --payload at least 32")
         }
+        guard !streamPorts.isEmpty, streamPorts.allSatisfy({ $0 > 0 && $0 < 65536 }) else {
+            throw ValidationError("--ports must be a comma-separated list of ports")
+        }
     }
 
     var subscribeTemplate: String { subPath ?? (target == "nchan" ? "/sub/{topic}" : "/events?topic={topic}") }
     var publishTemplate: String { pubPath ?? (target == "nchan" ? "/pub/{topic}" : "/events?topic={topic}") }
     var topicNames: [String] { (0..<topics).map { topics == 1 ? "bench" : "bench-\($0)" } }
+    var streamPorts: [Int] {
+        guard let portList else { return [port] }
+        return portList.split(separator: ",").map { Int($0.trimmingCharacters(in: " ")) ?? 0 }
+    }
+    /// Memory and CPU of every server process given, summed.
+    var serverStats: ProcessStats? {
+        let all = serverPIDs.compactMap(ProcessStats.read)
+        guard !all.isEmpty else { return nil }
+        return all.dropFirst().reduce(all[0]) { total, next in
+            ProcessStats(rssKiB: total.rssKiB + next.rssKiB, pssKiB: total.pssKiB + next.pssKiB,
+                         cpuSeconds: total.cpuSeconds + next.cpuSeconds, processes: total.processes + next.processes)
+        }
+    }
 
     @Option(help: "Processes holding the streams (each holds at most about 19 000); 1 keeps them in this process.")
     var processes = 1
@@ -80,7 +102,7 @@ struct HeraldBench: AsyncParsableCommand {
         }
         let names = topicNames
         func plan(first: Int, stride: Int) -> StreamPlan {
-            StreamPlan(host: host, port: port, subscribeTemplate: subscribeTemplate, topics: topics, topicNames: names,
+            StreamPlan(host: host, port: port, ports: streamPorts, subscribeTemplate: subscribeTemplate, topics: topics, topicNames: names,
                        first: first, stride: stride, total: streams, sourceAddresses: sourceAddresses,
                        concurrency: max(1, concurrency / processes), threads: threads)
         }
@@ -98,7 +120,9 @@ struct HeraldBench: AsyncParsableCommand {
         var report = Report(label: label, target: target, scenario: scenario, streams: streams, topics: topics,
                             rate: rate, duration: duration, payloadBytes: payload)
         report.processes = processes
-        report.serverBefore = serverPID.flatMap(ProcessStats.read)
+        report.ports = streamPorts
+        report.pubPort = pubPort ?? port
+        report.serverBefore = serverStats
 
         // 1. Open the streams (every group at once).
         let openStart = Clock.nowNanoseconds()
@@ -114,7 +138,7 @@ struct HeraldBench: AsyncParsableCommand {
 
         if scenario == "idle" {
             try await Task.sleep(for: .seconds(settle))
-            report.serverAfter = serverPID.flatMap(ProcessStats.read)
+            report.serverAfter = serverStats
             report.computeMemory()
             try await Self.each(groups) { try await $0.closeAll() }
             for group in groups { await group.shutdown() }
@@ -122,13 +146,22 @@ struct HeraldBench: AsyncParsableCommand {
             return
         }
 
+        if scenario == "capacity" {
+            // Memory with every stream open and idle, then one fan-out to all of them.
+            try await Task.sleep(for: .seconds(settle))
+            report.serverAfter = serverStats
+            report.computeMemory()
+            report.serverIdle = report.serverAfter
+            log(report.summary)
+        }
+
         // 2. Publish.
         let publisher = Publisher(
-            target: .init(host: host, port: port, pathTemplate: publishTemplate, headers: parsedHeaders(pubHeaders),
+            target: .init(host: host, port: pubPort ?? port, pathTemplate: publishTemplate, headers: parsedHeaders(pubHeaders),
                           topics: names, payloadBytes: payload),
             loop: publisherGroup.next())
         try await publisher.connect(count: publishers)
-        let cpuBefore = serverPID.flatMap(ProcessStats.read)
+        let cpuBefore = serverStats
         let publishStart = Clock.nowNanoseconds()
         try await publisher.run(rate: rate, seconds: duration, firstSeq: 0)
         var nextSeq = Int(rate * duration)
@@ -154,7 +187,7 @@ struct HeraldBench: AsyncParsableCommand {
             try await waitForDrain(groups)
         }
         let totals = try await Self.totals(groups)
-        report.serverAfter = serverPID.flatMap(ProcessStats.read)
+        report.serverAfter = serverStats
         if let before = cpuBefore, let after = report.serverAfter { report.serverCPUSeconds = after.cpuSeconds - before.cpuSeconds }
         let acknowledged = publisher.acknowledgedSeqs
         report.published = nextSeq

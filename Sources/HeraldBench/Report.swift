@@ -25,6 +25,9 @@ struct Report: Codable {
     var duration: Double
     var payloadBytes: Int
     var processes = 1
+    /// Ports the streams were spread over, and the port published to (cluster cases).
+    var ports: [Int] = []
+    var pubPort = 0
     var established = 0
     var failed = 0
     var establishSeconds = 0.0
@@ -46,6 +49,10 @@ struct Report: Codable {
     var serverCPUSeconds: Double?
     /// Server memory growth per open stream (PSS when available, else RSS), in bytes.
     var memoryPerStreamBytes: Double?
+    /// Total server RSS (every node) divided by the open streams, in bytes.
+    var rssPerStreamBytes: Double?
+    /// capacity: the servers' memory with every stream open, before the publish.
+    var serverIdle: ProcessStats?
 
     init(label: String, target: String, scenario: String, streams: Int, topics: Int, rate: Double, duration: Double, payloadBytes: Int) {
         self.label = label
@@ -63,14 +70,15 @@ struct Report: Codable {
         let usePSS = before.pssKiB > 0 && after.pssKiB > 0
         let delta = usePSS ? after.pssKiB - before.pssKiB : after.rssKiB - before.rssKiB
         memoryPerStreamBytes = Double(delta) * 1024 / Double(established)
+        rssPerStreamBytes = Double(after.rssKiB) * 1024 / Double(established)
     }
 
     var summary: String {
         var lines = ["[\(target)] \(scenario): \(established)/\(streams) streams up in \(fmt(establishSeconds)) s, \(failed) failed"]
         if let memoryPerStreamBytes, let after = serverAfter {
-            lines.append("  server memory: \(after.pssKiB) KiB PSS, \(after.rssKiB) KiB RSS; \(fmt(memoryPerStreamBytes, 0)) bytes per stream")
+            lines.append("  server memory: \(after.pssKiB) KiB PSS, \(after.rssKiB) KiB RSS; \(fmt(memoryPerStreamBytes, 0)) bytes per stream (growth), \(fmt(rssPerStreamBytes ?? 0, 0)) RSS/stream")
         }
-        if scenario != "idle" {
+        if scenario != "idle" && published > 0 {
             lines.append("  published \(published) (\(acknowledged) acknowledged), \(deliveries) deliveries in \(fmt(deliverySeconds)) s = \(fmt(deliveriesPerSecond, 0))/s")
             lines.append("  missed \(missed) of \(expectedDeliveries) (\(streamsWithMissed) streams), duplicated \(duplicated)")
             if let latency {

@@ -58,6 +58,8 @@ protocol StreamGroup: Sendable {
 struct StreamPlan: Codable, Sendable {
     var host: String
     var port: Int
+    /// Ports the streams are spread over (stream i on ports[i mod count]); empty: `port`.
+    var ports: [Int] = []
     var subscribeTemplate: String
     var topics: Int
     var topicNames: [String]
@@ -98,8 +100,9 @@ final class LocalStreams: StreamGroup, @unchecked Sendable {
         var inFlight: [EventLoopFuture<any Channel>] = []
         for record in records {
             let (loop, stats) = home(record)
+            let port = plan.ports.isEmpty ? plan.port : plan.ports[record.index % plan.ports.count]
             let path = plan.subscribeTemplate.replacingOccurrences(of: "{topic}", with: plan.topicNames[record.topic])
-            var request = "GET \(path) HTTP/1.1\r\nHost: \(plan.host):\(plan.port)\r\nAccept: text/event-stream\r\n"
+            var request = "GET \(path) HTTP/1.1\r\nHost: \(plan.host):\(port)\r\nAccept: text/event-stream\r\n"
             if resume {
                 let lastID = try await loop.submit { record.lastID }.get()
                 if !lastID.isEmpty { request += "Last-Event-ID: \(String(decoding: lastID, as: UTF8.self))\r\n" }
@@ -116,7 +119,7 @@ final class LocalStreams: StreamGroup, @unchecked Sendable {
             if plan.sourceAddresses > 1 {
                 bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: "127.0.0.\(1 + record.index % plan.sourceAddresses)", port: 0))
             }
-            let future = bootstrap.connect(host: plan.host, port: plan.port)
+            let future = bootstrap.connect(host: plan.host, port: port)
             future.whenFailure { _ in loop.execute { stats.failed += 1 } }
             inFlight.append(future)
             if inFlight.count >= plan.concurrency {

@@ -60,7 +60,8 @@ extension Responders {
             .flatMapErrorThrowing { error in
                 // Not stored, so not published: nobody saw it, and the publisher may retry.
                 // The cause is logged; the answer carries no internal error text.
-                server.logger.error("publish not stored", metadata: ["error": "\(error)"])
+                // The store logs the cause (once per outage for a cluster's database).
+                server.logger.debug("publish not stored", metadata: ["error": "\(error)"])
                 return .answer(self.problem(
                     Problem(.serviceUnavailable, "the event store could not take the events, so nothing was published; retry",
                             headers: [("Retry-After", "1")]), request, route: route))

@@ -31,6 +31,8 @@ import PostgresNIO
 final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     /// Rows read per delivery query.
     static let fetchLimit = 2000
+    /// Event data per `herald_append` call.
+    static let maxGroupBytes = 8 << 20
     /// Rows deleted per retention step.
     static let pruneSlice = 5000
 
@@ -270,11 +272,21 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         await drainQueue()
     }
 
+    /// Commits what is queued, in groups of at most ``maxGroupBytes`` of event data (always
+    /// at least one batch), so that a flood of large publishes is never one huge statement.
     private func drainQueue() async {
         while true {
             let group: [PendingBatch] = lock.withLock {
-                defer { queue.removeAll(keepingCapacity: true) }
-                return queue
+                var bytes = 0
+                var taken = 0
+                for pending in queue {
+                    let size = pending.request?.drafts.reduce(0) { $0 + $1.data.utf8.count } ?? 0
+                    if taken > 0 && bytes + size > Self.maxGroupBytes { break }
+                    bytes += size
+                    taken += 1
+                }
+                defer { queue.removeFirst(taken) }
+                return Array(queue.prefix(taken))
             }
             if group.isEmpty { return }
             await commit(group)
@@ -319,9 +331,13 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             lock.withLock { writerHealthy = true }
         } catch {
             writer.reset(after: error)
-            lock.withLock { writerHealthy = false }
-            logger.error("append not committed; the publishes were answered 503",
-                         metadata: ["error": "\(PostgresLink.explain(error))", "herald.store": "\(location)"])
+            // Logged once per outage at error level; further refusals while it lasts quietly.
+            let first = lock.withLock { () -> Bool in
+                defer { writerHealthy = false }
+                return writerHealthy
+            }
+            logger.log(level: first ? .error : .debug, "append not committed; the publishes were answered 503",
+                       metadata: ["error": "\(PostgresLink.explain(error))", "herald.store": "\(location)"])
             for pending in group { pending.promise.fail(StoreError("the event store could not write: \(PostgresLink.explain(error))")) }
             return
         }
@@ -605,16 +621,17 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         finished.succeed()
     }
 
-    /// Every 500 ms: the node's presence when its clients came or went; every second the
-    /// heartbeat and the safety-net read; every 2 s the presence's changing values too (last
+    /// Every 500 ms: the heartbeat, and the node's presence when its clients came or went;
+    /// every second the safety-net read; every 2 s the presence's changing values too (last
     /// event ids, queued bytes), so that a busy node does not rewrite its client rows
-    /// continuously.
+    /// continuously. A node whose heartbeat is older than 2 s (by the database's clock) is
+    /// gone from `/clients`.
     private func tickLoop() async {
         var tick = 0
         while !lock.withLock({ closed }) {
             await pause(nanoseconds: 500_000_000)
             tick += 1
-            await publishPresence(heartbeat: tick % 2 == 0, refreshValues: tick % 4 == 0)
+            await publishPresence(heartbeat: true, refreshValues: tick % 4 == 0)
             if tick % 2 == 0 { fetchContinuation.yield() }
         }
     }
@@ -751,7 +768,7 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             rows = try await connection.query("""
                 SELECT p.client, p.connections, p.topics, p.connected_at, p.last_event_id, p.queued_bytes
                 FROM herald_presence p JOIN herald_nodes n ON n.node = p.node
-                WHERE p.node <> \(nodeID) AND n.seen > now() - interval '3 seconds'
+                WHERE p.node <> \(nodeID) AND n.seen > now() - interval '2 seconds'
                   AND (\(filter) = '' OR p.client = \(filter))
                 """, logger: logger).collect()
         } catch {

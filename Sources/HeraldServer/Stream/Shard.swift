@@ -88,13 +88,28 @@ final class Shard: @unchecked Sendable {
     func apply(_ pending: Hub.Pending) {
         eventLoop.assertInEventLoop()
         if pending.missed {
-            // This loop fell more than a whole history behind the publishers (it was
-            // blocked for a long time). Its live streams may have missed events; closing
-            // them makes each reconnect and resume or reset from its own Last-Event-ID.
-            logger.warning("shard fell behind the history; closing its live streams", metadata: [
-                "herald.shard.position": "\(deliveredThrough)", "herald.history.newest": "\(pending.newest)",
-            ])
-            for stream in streams.values where !stream.replaying { stream.close(graceful: false) }
+            // This loop fell behind the in-memory history: a burst larger than the ring
+            // arrived between two of its wake-ups (a small --cache, or a loop blocked for
+            // long). Its live streams have not had some events the ring no longer holds.
+            if hub.store.keepsHistoryBeyondCache {
+                // They are still in the store: each live stream catches up from there, paced
+                // by its socket like a replay, and goes live again at the shard's position.
+                logger.notice("shard fell behind the in-memory cache; its live streams catch up from the store", metadata: [
+                    "herald.shard.position": "\(deliveredThrough)", "herald.history.newest": "\(pending.newest)",
+                ])
+                deliveredThrough = max(deliveredThrough, pending.newest)
+                for stream in Array(streams.values) where !stream.replaying && !stream.closed {
+                    stream.replaying = true
+                    continueReplay(stream)
+                }
+            } else {
+                // With the memory store they are gone: closing the streams makes each client
+                // reconnect and resume, or learn of the gap with `herald.reset`.
+                logger.warning("shard fell behind the history; closing its live streams", metadata: [
+                    "herald.shard.position": "\(deliveredThrough)", "herald.history.newest": "\(pending.newest)",
+                ])
+                for stream in streams.values where !stream.replaying { stream.close(graceful: false) }
+            }
         }
         deliveredThrough = max(deliveredThrough, pending.newest)
         guard !pending.events.isEmpty else { return }
