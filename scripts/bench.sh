@@ -62,7 +62,7 @@ start_server() { # start_server herald|nchan
   if [ "$1" = herald ]; then
     # shellcheck disable=SC2086 # HERALD_FLAGS is a list of flags
     "$bin/herald" --host 127.0.0.1 --port "$HERALD_PORT" --threads 2 --history 10000 \
-      --max-body-bytes 1048576 --log-level error ${HERALD_FLAGS:-} >/dev/null 2>"$OUT/herald.stderr" &
+      --max-body-bytes 1048576 --log-level error ${HERALD_FLAGS:-} ${CASE_FLAGS:-} >/dev/null 2>"$OUT/herald.stderr" &
     server_pid=$!
     wait_port "$HERALD_PORT"
   else
@@ -85,7 +85,13 @@ declare -A CASE_ARGS=(
   [fanout-10k-1000]="--scenario fanout --streams 10000 --rate 1000 --duration 2 --source-addresses 4"
   [topics-10k]="--scenario fanout --streams 10000 --topics 10000 --rate 1000 --duration 10 --source-addresses 4"
   [reconnect-10k]="--scenario reconnect --streams 10000 --topics 100 --rate 200 --duration 3 --gap-events 1000 --source-addresses 4"
+  # The same storm with subscriber authorization on (SPEC §14): every reconnect presents an
+  # HS256 token in the query, which Herald verifies; compare with reconnect-10k (Herald only).
+  [reconnect-10k-auth]="--scenario reconnect --streams 10000 --topics 100 --rate 200 --duration 3 --gap-events 1000 --source-addresses 4"
 )
+# Cases that run against Herald only, with extra server flags and a subscribe path.
+BENCH_SUBSCRIBER_KEY="bench-subscriber-key-0123456789abcdef-0123"
+declare -A CASE_HERALD_ONLY=([reconnect-10k-auth]=1)
 ORDER="idle-1k idle-10k idle-19k fanout-1k-100 fanout-1k-1000 fanout-10k-100 fanout-10k-1000 topics-10k reconnect-10k"
 CASES="${CASES:-$ORDER}"
 cluster_cases=""
@@ -96,12 +102,20 @@ done
 
 for case in $single_cases; do
   args="${CASE_ARGS[$case]:?unknown case $case}"
+  CASE_FLAGS=""
+  case_targets="${TARGETS:-herald nchan}"
+  if [ -n "${CASE_HERALD_ONLY[$case]:-}" ]; then
+    case_targets="herald"
+    CASE_FLAGS="--subscriber-key $BENCH_SUBSCRIBER_KEY"
+    token="$("$bin/herald" token --key "$BENCH_SUBSCRIBER_KEY" --topic '*' --ttl 7200)"
+    args="$args --sub-path /events?topic={topic}&access_token=$token"
+  fi
   for run in $(seq 1 "$RUNS"); do
     # Alternate which server goes first, so neither always runs on a machine still busy
     # with the other's teardown.
     if [ $((run % 2)) = 1 ]; then targets="herald nchan"; else targets="nchan herald"; fi
     for target in $targets; do
-      case " ${TARGETS:-herald nchan} " in *" $target "*) ;; *) continue ;; esac
+      case " $case_targets " in *" $target "*) ;; *) continue ;; esac
       port=$HERALD_PORT; [ "$target" = nchan ] && port=$NCHAN_PORT
       start_server "$target"
       echo "==> $case / $target / run $run"

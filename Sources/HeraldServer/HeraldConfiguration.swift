@@ -1,3 +1,4 @@
+import HeraldCore
 import Logging
 import NIOCore
 
@@ -51,6 +52,13 @@ public struct HeraldConfiguration: Sendable {
     public var retryMilliseconds = 3000
     /// Bearer keys accepted for publishing; empty means loopback-only publishing.
     public var publishKeys: [String] = []
+    /// HS256 keys that sign subscriber tokens (SPEC §14); empty: anyone may subscribe.
+    /// Several keys allow rotation: a token signed by any of them is accepted.
+    public var subscriberKeys: [String] = []
+    /// When set, a subscriber token's `aud` must contain it.
+    public var subscriberAudience: String?
+    /// Topic patterns anyone may subscribe to without a token when subscriber keys are set.
+    public var publicTopics: [String] = []
     /// Origins allowed cross-origin; `*` applies to the subscribe endpoints only.
     public var corsOrigins: [String] = ["*"]
     /// Maximum open streams (plus waiting polls); nil for the default, the process's
@@ -124,7 +132,22 @@ public struct HeraldConfiguration: Sendable {
             try check(!key.isEmpty && !key.contains(" "), "--publish-key must be non-empty and contain no spaces")
         }
         if case .sqlite(let path) = store { try check(!path.isEmpty, "--store sqlite:PATH needs a file path") }
+        for key in subscriberKeys {
+            // RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits).
+            try check(key.utf8.count >= 32, "--subscriber-key must be at least 32 bytes (RFC 7518 §3.2 asks HS256 keys for 256 bits); generate one with: openssl rand -base64 32")
+        }
+        if let subscriberAudience { try check(!subscriberAudience.isEmpty, "--subscriber-audience must not be empty") }
+        for pattern in publicTopics {
+            do {
+                try TopicRules.validate(topic: pattern, forSubscription: true)
+            } catch {
+                throw ConfigurationError("--public-topic: \(error.detail)")
+            }
+        }
     }
+
+    /// Whether subscribers need a token (SPEC §14).
+    public var authorizesSubscribers: Bool { !subscriberKeys.isEmpty }
 
     /// The largest history, cache or retained count accepted (memory is the real limit).
     public static let maxHistory = 100_000_000

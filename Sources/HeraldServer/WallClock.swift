@@ -8,14 +8,16 @@ import Darwin
 
 /// Wall-clock time (NIO's `NIODeadline` is monotonic, which is right for timers but not for
 /// timestamps shown to people or for seeding the id sequence).
-enum WallClock {
-    static func microsecondsSince1970() -> Int64 {
+public enum WallClock {
+    public static func microsecondsSince1970() -> Int64 {
         var spec = timespec()
         clock_gettime(CLOCK_REALTIME, &spec)
         return Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000
     }
 
     static func millisecondsSince1970() -> Int64 { microsecondsSince1970() / 1000 }
+
+    public static func secondsSince1970() -> Double { Double(microsecondsSince1970()) / 1_000_000 }
 
     /// ISO 8601 in UTC with milliseconds, e.g. `2026-11-21T15:30:00.123Z`.
     static func iso8601(millisecondsSince1970 ms: Int64) -> String {

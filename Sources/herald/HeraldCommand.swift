@@ -21,6 +21,8 @@ struct HeraldCommand: AsyncParsableCommand {
         Every option can also be set by an environment variable: HERALD_ plus the option in upper \
         snake case (HERALD_PORT, HERALD_RETRY_MS, ...). Repeatable options take a comma-separated list \
         there (HERALD_PUBLISH_KEY=k1,k2); flags take 1/true/yes/on. A command-line option wins over its variable.
+
+        Serving is the default ('herald serve ...' is the same). 'herald token --help' mints subscriber tokens.
         """,
         version: HeraldServer.version
     )
@@ -51,6 +53,15 @@ struct HeraldCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("publish-key"), help: "Bearer key accepted for publishing and /clients (repeatable). Without any, only loopback peers may publish.")
     var publishKeys: [String] = []
+
+    @Option(name: .customLong("subscriber-key"), help: "HS256 key (at least 32 bytes) that signs subscriber tokens (repeatable, for rotation). With any, subscribing needs a token granting the topics (SPEC §14).")
+    var subscriberKeys: [String] = []
+
+    @Option(name: .customLong("subscriber-audience"), help: "With --subscriber-key: a token's 'aud' must contain this.")
+    var subscriberAudience: String?
+
+    @Option(name: .customLong("public-topic"), help: "With --subscriber-key: a topic pattern anyone may subscribe to without a token (repeatable).")
+    var publicTopics: [String] = []
 
     @Option(name: .customLong("cors-origin"), help: "Allowed cross-origin origin (repeatable; default '*' for the subscribe endpoints).")
     var corsOrigins: [String] = []
@@ -117,6 +128,9 @@ struct HeraldCommand: AsyncParsableCommand {
             _ = try HeraldConfiguration.duration(seconds: keepalive, flag: "--keepalive", range: 0.001...86_400)
             configuration.retryMilliseconds = retryMilliseconds
             configuration.publishKeys = publishKeys
+            configuration.subscriberKeys = subscriberKeys
+            configuration.subscriberAudience = subscriberAudience
+            configuration.publicTopics = publicTopics
             configuration.corsOrigins = corsOrigins.isEmpty ? ["*"] : corsOrigins
             configuration.maxConnections = maxConnections
             configuration.maxRetained = maxRetained
@@ -165,7 +179,16 @@ struct HeraldCommand: AsyncParsableCommand {
 
     /// Parses the command line with `HERALD_*` variables filled in for options it lacks.
     static func main() async {
-        let arguments = Array(CommandLine.arguments.dropFirst())
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        switch arguments.first {
+        case "token":
+            TokenCommand.main(Array(arguments.dropFirst()))
+            return
+        case "serve":
+            arguments.removeFirst()
+        default:
+            break
+        }
         do {
             let merged = try EnvironmentDefaults.merge(arguments: arguments, environment: EnvironmentDefaults.processEnvironment())
             var command = try parseAsRoot(merged)

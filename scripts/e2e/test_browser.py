@@ -88,3 +88,50 @@ def test_page_survives_a_server_restart(herald_factory, browser):
     wait_for(lambda: len(board(browser)) >= 6, what="the board to refill")
     assert browser.find_element("id", "badge").text.lower().startswith("live")
     assert int(browser.find_element("id", "reconnects").text) >= 1
+
+
+def test_cross_origin_eventsource_with_subscriber_tokens(herald_factory, other_origin, browser):
+    """SPEC §14 in a real browser: a page on another origin subscribes with ?access_token=
+    (EventSource cannot send headers) and with the herald_token cookie (withCredentials, for
+    an origin listed in --cors-origin); without a token the EventSource is refused."""
+    import subprocess
+    from conftest import herald_binary
+    key = "browser-test-subscriber-key-0123456789abcdef"
+    folder, origin = other_origin
+    herald = herald_factory("--subscriber-key", key, "--cors-origin", origin, "--cors-origin", "*")
+
+    def mint(*args):
+        out = subprocess.run([herald_binary(), "token", "--key", key, "--ttl", "300", *args],
+                             capture_output=True, text=True, check=True, timeout=30)
+        return out.stdout.strip()
+
+    query_token = mint("--sub", "browser-user-1", "--topic", "secure/*")
+    cookie_token = mint("--topic", "secure/cookie")
+    with open(f"{folder}/secure.html", "w") as page:
+        page.write(f"""<!doctype html><meta charset="utf-8"><title>tokens</title><script>
+            window.got = []; window.cookieGot = []; window.refused = false; window.hello = null;
+            var source = new EventSource("{herald.url}/events?topic=secure/news&access_token={query_token}");
+            source.addEventListener("herald.hello", function (e) {{ window.hello = JSON.parse(e.data); }});
+            source.onmessage = function (e) {{ window.got.push(e.data); }};
+            // The cookie is set by this page for the host (cookies ignore ports), then sent
+            // with the credentialed EventSource to Herald's origin.
+            document.cookie = "herald_token={cookie_token}; path=/";
+            var withCookie = new EventSource("{herald.url}/events?topic=secure/cookie", {{withCredentials: true}});
+            withCookie.onmessage = function (e) {{ window.cookieGot.push(e.data); }};
+            var refused = new EventSource("{herald.url}/events?topic=secure/news");
+            refused.onerror = function () {{ if (refused.readyState === 2) window.refused = true; }};
+        </script>""")
+    browser.get(origin + "/secure.html")
+    wait_for(lambda: browser.execute_script("return window.hello"), what="herald.hello on the token stream")
+    assert browser.execute_script("return window.hello")["client"] == "browser-user-1"
+    wait_for(lambda: herald.request("GET", "/clients")[1].count(b'"client"') >= 2, what="both token streams to be listed")
+    herald.publish("secure/news", "for token holders")
+    herald.publish("secure/cookie", "for cookie holders")
+    status, _ = herald.request("POST", "/clients/browser-user-1/events", b"direct", {"Content-Type": "text/plain"})
+    assert status == 200
+    wait_for(lambda: browser.execute_script("return window.got.length") >= 2, what="the topic event and the direct message")
+    assert browser.execute_script("return window.got") == ["for token holders", "direct"]
+    wait_for(lambda: browser.execute_script("return window.cookieGot.length") >= 1, what="the cookie stream's event")
+    assert browser.execute_script("return window.cookieGot") == ["for cookie holders"]
+    # The EventSource without a token got 401 and gave up (readyState CLOSED).
+    wait_for(lambda: browser.execute_script("return window.refused"), what="the tokenless EventSource to be refused")

@@ -18,6 +18,13 @@ public enum ControlEvents {
         let data = JSONValue.object([("reason", .string(reason.rawValue)), ("lastEventId", .string(lastEventID))])
         SSEEncoder.appendEvent(id: newest, type: "herald.reset", data: data.compactText, to: &bytes)
     }
+
+    /// `event: herald.expired` with `{"exp": N}` (SPEC §14): the subscriber's token expired;
+    /// the stream closes after it, and the page opens a new one with a fresh token.
+    public static func appendExpired(exp: Double, to bytes: inout [UInt8]) {
+        let number = exp == exp.rounded() && abs(exp) < 1e15 ? String(Int64(exp)) : String(exp)
+        SSEEncoder.appendEvent(id: nil, type: "herald.expired", data: JSONValue.object([("exp", .number(number))]).compactText, to: &bytes)
+    }
 }
 
 extension JSONValue {

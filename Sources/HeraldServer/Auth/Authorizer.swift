@@ -1,3 +1,4 @@
+import Crypto
 import HeraldCore
 import NIOHTTP1
 
@@ -24,9 +25,66 @@ struct Authorizer: Sendable {
     /// Origins listed explicitly with `--cors-origin`.
     private let explicitOrigins: Set<String>
 
-    init(publishKeys: [String], explicitOrigins: Set<String>) {
+    /// Subscriber tokens (SPEC §14); nil when no `--subscriber-key` is set (open mode).
+    private let subscriberTokens: HS256Verifier?
+    /// `--public-topic` patterns: subscribable without a grant or a token.
+    private let publicTopics: [String]
+
+    init(publishKeys: [String], explicitOrigins: Set<String>, subscriberKeys: [String] = [], audience: String? = nil,
+         publicTopics: [String] = []) {
         self.publishKeys = publishKeys.map { Array($0.utf8) }
         self.explicitOrigins = explicitOrigins
+        self.subscriberTokens = subscriberKeys.isEmpty ? nil : HS256Verifier(keys: subscriberKeys, audience: audience, mac: Self.hmacSHA256)
+        self.publicTopics = publicTopics
+    }
+
+    /// HMAC-SHA256 by swift-crypto (BoringSSL underneath on Linux).
+    static let hmacSHA256: HS256Verifier.MAC = { key, message in
+        Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
+    }
+
+    /// What a subscriber may do once its request is authorised.
+    struct SubscriberAccess {
+        /// The client token the stream uses: the requested one, or the token's `sub`.
+        var clientToken: String?
+        /// When the token expires (seconds since 1970): the stream is closed then.
+        var expires: Double?
+    }
+
+    /// Subscribing (`GET /events`, `/poll`), SPEC §14: in open mode anything goes; with
+    /// subscriber keys every requested topic must be public or granted by a valid token, and
+    /// a requested client token must be the token's `sub`.
+    /// - Parameter token: the bearer token found (header, cookie or query, in that order).
+    func subscriber(token: Substring?, topics: [String], client: String?, now: Double) -> Result<SubscriberAccess, Problem> {
+        guard let verifier = subscriberTokens else { return .success(SubscriberAccess(clientToken: client, expires: nil)) }
+        let restricted = topics.filter { topic in !publicTopics.contains { SubscriberGrant.pattern($0, covers: topic) } }
+        guard let token else {
+            if restricted.isEmpty && client == nil { return .success(SubscriberAccess(clientToken: nil, expires: nil)) }
+            let what = client != nil && restricted.isEmpty ? "the client token '\(client!)'" : "topic '\(restricted.first!.prefix(200))'"
+            return .failure(Problem(
+                .unauthorized,
+                "subscribing to \(what) needs a token: send 'Authorization: Bearer <JWT>', the cookie herald_token, or ?access_token=<JWT>",
+                headers: [("WWW-Authenticate", "Bearer")]))
+        }
+        let grant: SubscriberGrant
+        do {
+            grant = try verifier.verify(token, now: now)
+        } catch {
+            return .failure(Problem(.unauthorized, "the subscriber token is not valid: \(error.description)",
+                                    headers: [("WWW-Authenticate", "Bearer error=\"invalid_token\"")]))
+        }
+        if let topic = restricted.first(where: { !grant.covers($0) }) {
+            return .failure(Problem(.forbidden, "the token does not grant topic '\(topic.prefix(200))' (its herald.subscribe patterns do not cover it)"))
+        }
+        if let client {
+            guard let subject = grant.subject, subject.utf8.elementsEqual(client.utf8) else {
+                return .failure(Problem(.forbidden, "the token does not grant the client token '\(client)' (its sub must be that token)"))
+            }
+            return .success(SubscriberAccess(clientToken: client, expires: grant.expires))
+        }
+        // Without `client`, the token's `sub` is the client token (when it is one).
+        let subject = grant.subject.flatMap { (try? TopicRules.validate(clientToken: $0)) != nil ? $0 : nil }
+        return .success(SubscriberAccess(clientToken: subject, expires: grant.expires))
     }
 
     private static let challenge = ("WWW-Authenticate", "Bearer realm=\"herald\"")
@@ -88,5 +146,22 @@ extension RequestCredentials {
             origin: head.headers.first(name: "origin"),
             fetchSite: head.headers.first(name: "sec-fetch-site"),
             peerIsLoopback: peerIsLoopback)
+    }
+}
+
+/// Signs subscriber tokens (for `herald token`, tests and examples): what an app backend
+/// does with any JWT library.
+public enum SubscriberTokens {
+    /// An HS256 JWT granting `topics` (patterns) and the client token `subject`, valid for
+    /// `ttl` seconds from `now` (seconds since 1970).
+    public static func sign(key: String, subject: String?, topics: [String], ttl: Double, audience: String? = nil,
+                            now: Double = WallClock.secondsSince1970()) -> String {
+        var claims: [(String, JSONValue)] = []
+        if let subject { claims.append(("sub", .string(subject))) }
+        claims.append(("herald.subscribe", .array(topics.map(JSONValue.string))))
+        if let audience { claims.append(("aud", .string(audience))) }
+        claims.append(("iat", .integer(Int64(now))))
+        claims.append(("exp", .integer(Int64((now + ttl).rounded(.down)))))
+        return HS256Signer.sign(claims: .object(claims), key: key, mac: Authorizer.hmacSHA256)
     }
 }

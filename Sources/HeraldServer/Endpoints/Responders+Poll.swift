@@ -8,7 +8,10 @@ extension Responders {
     /// events after the resume position as soon as there are some, or empty at `timeout`.
     /// A poll whose client goes away (``RequestScope/cancel()``) stops waiting at once.
     func longPoll(_ request: EndpointRequest, scope: RequestScope) throws -> EventLoopFuture<EndpointReply> {
-        let subscription = try parseSubscription(request)
+        var subscription = try parseSubscription(request)
+        // A poll is answered within 60 s, so an expiry during it is not enforced (the next
+        // poll is checked again).
+        _ = try authorizeSubscriber(request, &subscription)
         var timeoutSeconds = 25
         for (name, value) in try request.queryItems() where name == "timeout" {
             guard let seconds = HTTPNumber.parse(value, maximum: 60) else {

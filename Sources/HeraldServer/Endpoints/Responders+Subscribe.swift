@@ -10,6 +10,8 @@ extension Responders {
         var lastEventID: String?
         var paddingBytes: Int?
         var filter: TopicFilter
+        /// `access_token` in the query (SPEC §14: for EventSource, which cannot send headers).
+        var accessToken: String?
     }
 
     /// Parses and validates topics, client token, resume id (header first, then the query
@@ -19,8 +21,11 @@ extension Responders {
         var token: String?
         var queryLastEventID: String?
         var paddingBytes: Int?
+        var accessToken: String?
         for (name, value) in try request.queryItems() {
             switch name {
+            case "access_token":
+                if accessToken == nil { accessToken = value }
             case "topic":
                 do { try TopicRules.validate(topic: value, forSubscription: true) } catch { throw Problem(.badRequest, "topic: \(error.detail)") }
                 if !topics.contains(where: { $0.bytesEqual(value) }) { topics.append(value) }
@@ -46,15 +51,55 @@ extension Responders {
         if topics.count > TopicRules.maxTopicsPerRequest {
             throw Problem(.badRequest, "\(topics.count) topics; at most \(TopicRules.maxTopicsPerRequest) per subscription")
         }
-        if topics.isEmpty && token == nil {
-            throw Problem(.badRequest, "subscribe to at least one topic (?topic=NAME, 'prefix/*' or '*') or give a client token (?client=TOKEN)")
-        }
         var lastEventID = queryLastEventID
         if let header = request.header(.lastEventID), !header.isEmpty {
             lastEventID = header
         }
         return Subscription(topics: topics, token: token, lastEventID: lastEventID, paddingBytes: paddingBytes,
-                            filter: TopicFilter(patterns: topics, clientToken: token))
+                            filter: TopicFilter(patterns: topics, clientToken: token), accessToken: accessToken)
+    }
+
+    /// SPEC §14: checks the subscriber's token against its topics and client token (a
+    /// ``Problem`` 401/403 when refused). The token's `sub` becomes the client token when the
+    /// request names none. Returns when the token expires (nil: no token, or open mode).
+    func authorizeSubscriber(_ request: EndpointRequest, _ subscription: inout Subscription) throws -> Double? {
+        let token = Self.subscriberToken(request, queryToken: subscription.accessToken)
+        let access = server.authorizer.subscriber(
+            token: token, topics: subscription.topics, client: subscription.token, now: WallClock.secondsSince1970())
+        switch access {
+        case .failure(let problem):
+            throw problem
+        case .success(let access):
+            if subscription.token == nil, let derived = access.clientToken {
+                subscription.token = derived
+                subscription.filter = TopicFilter(patterns: subscription.topics, clientToken: derived)
+            }
+            // Checked after authorisation rather than when parsing: a token's `sub` can be
+            // the client token.
+            if subscription.topics.isEmpty && subscription.token == nil {
+                throw Problem(.badRequest, "subscribe to at least one topic (?topic=NAME, 'prefix/*' or '*') or give a client token (?client=TOKEN)")
+            }
+            return access.expires
+        }
+    }
+
+    /// The subscriber's token: `Authorization: Bearer`, else the cookie `herald_token`, else
+    /// the query's `access_token`; the first one present is the token.
+    static func subscriberToken(_ request: EndpointRequest, queryToken: String?) -> Substring? {
+        if let authorization = request.header(.authorization) {
+            let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+            if parts.count == 2, parts[0].lowercased() == "bearer" { return Substring(parts[1].trimmingSpaces()) }
+        }
+        for header in request.headers(.cookie) {
+            for pair in header.split(separator: ";") {
+                let trimmed = pair.trimmingSpaces()
+                guard trimmed.hasPrefix("herald_token=") else { continue }
+                var value = Substring(trimmed).dropFirst("herald_token=".count)
+                if value.count >= 2, value.first == "\"", value.last == "\"" { value = value.dropFirst().dropLast() }
+                return value
+            }
+        }
+        return queryToken.map { Substring($0) }
     }
 
     /// Counts one more open stream or waiting poll against `--max-connections` (503 when full).
@@ -76,7 +121,8 @@ extension Responders {
             throw Problem(.notAcceptable,
                           "this endpoint only serves text/event-stream; send 'Accept: text/event-stream' (with curl: -N -H 'Accept: text/event-stream')")
         }
-        let subscription = try parseSubscription(request)
+        var subscription = try parseSubscription(request)
+        let expires = try authorizeSubscriber(request, &subscription)
         try acquireConnectionSlot()
         let chunked = !configuration.noChunked && !request.streamsCloseDelimited
         var headers: HTTPFields = [
@@ -86,7 +132,7 @@ extension Responders {
         let stream = Shard.StreamRequest(
             token: subscription.token ?? Self.randomToken(), topics: subscription.topics, filter: subscription.filter,
             lastEventID: subscription.lastEventID, paddingBytes: subscription.paddingBytes, chunked: chunked,
-            retryMilliseconds: configuration.retryMilliseconds, direct: true)
+            retryMilliseconds: configuration.retryMilliseconds, direct: true, expires: expires)
         return request.eventLoop.makeSucceededFuture(.stream(stream, headers: headers))
     }
 

@@ -116,7 +116,7 @@ final class Responders: Sendable {
         case let error as ValidationError:
             return self.problem(Problem(.badRequest, error.detail), request, route: route)
         default:
-            server.logger.error("request failed", metadata: ["error": "\(error)", "herald.path": "\(request.target.prefix(200))"])
+            server.logger.error("request failed", metadata: ["error": "\(error)", "herald.path": "\(Self.loggable(request.target))"])
             return self.problem(Problem(.internalServerError, "the server failed to answer this request; the cause is in its log"),
                                 request, route: route)
         }
@@ -129,6 +129,19 @@ final class Responders: Sendable {
         var headers = HTTPFields()
         headers.append(server.corsHeaders(origin: request.origin, scope: route.corsScope(method)))
         return .problem(problem, headers: headers, allocator: request.allocator)
+    }
+
+    /// A request target fit for a log line: at most 200 characters, and the value of any
+    /// `access_token` query parameter (a subscriber's bearer token, SPEC §14) replaced.
+    static func loggable(_ target: String) -> String {
+        var text = String(target.prefix(200))
+        var searchFrom = text.startIndex
+        while let range = text.range(of: "access_token=", range: searchFrom..<text.endIndex) {
+            let end = text[range.upperBound...].firstIndex(of: "&") ?? text.endIndex
+            text.replaceSubrange(range.upperBound..<end, with: "REDACTED")
+            searchFrom = text.index(range.upperBound, offsetBy: "REDACTED".count)
+        }
+        return text
     }
 
     static func validate(token: String) throws {

@@ -30,7 +30,11 @@ final class ServerContext: Sendable {
         self.explicitOrigins = Set(configuration.corsOrigins.filter { $0 != "*" })
         self.allowsAnyOrigin = configuration.corsOrigins.contains("*")
         self.maxConnections = configuration.effectiveMaxConnections
-        self.authorizer = Authorizer(publishKeys: configuration.publishKeys, explicitOrigins: explicitOrigins)
+        // With subscriber keys, --demo's quotes stay public so the demo page still ticks.
+        let publicTopics = configuration.publicTopics + (configuration.demo && configuration.authorizesSubscribers ? ["quotes/*"] : [])
+        self.authorizer = Authorizer(
+            publishKeys: configuration.publishKeys, explicitOrigins: explicitOrigins, subscriberKeys: configuration.subscriberKeys,
+            audience: configuration.subscriberAudience, publicTopics: publicTopics)
     }
 
     /// The CORS response headers for a request from `origin` under `scope`.

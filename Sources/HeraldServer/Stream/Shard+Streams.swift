@@ -17,6 +17,8 @@ extension Shard {
         /// Whether the stream may write to the socket directly (cleartext HTTP/1.1; see
         /// ``StreamSink``), or must write through its pipeline (TLS, HTTP/2).
         var direct: Bool
+        /// When the subscriber's token expires (seconds since 1970; SPEC §14).
+        var expires: Double? = nil
     }
 
     /// Turns the connection of `context` into an event stream, once its response head is
@@ -83,6 +85,7 @@ extension Shard {
         streams[ObjectIdentifier(stream)] = stream
         index.insert(stream, filter: request.filter)
         appendToKeepAliveList(stream)
+        if let expires = request.expires { scheduleExpiry(stream, at: expires) }
 
         let firstBytes = WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator)
         return {

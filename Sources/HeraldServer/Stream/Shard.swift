@@ -40,6 +40,12 @@ final class Shard: @unchecked Sendable {
     var oldest: StreamConnection?
     var newest: StreamConnection?
     var keepAliveTimer: Scheduled<Void>?
+
+    // Token expiry (SPEC §14): the streams with a token, latest expiry first (the next one
+    // due is last), and one timer per loop for the next one due.
+    var expiries: [StreamConnection] = []
+    var expiryTimer: Scheduled<Void>?
+    var expiryTimerDue: Double?
     let channelEmptyBuffer = ByteBuffer()
 
     /// Replay batches: about this many bytes per socket write round.
@@ -167,6 +173,7 @@ final class Shard: @unchecked Sendable {
         stream.closed = true
         index.remove(stream, filter: stream.filter)
         removeFromKeepAliveList(stream)
+        if stream.expires != nil { removeExpiry(stream) }
         hub.openStreams.wrappingDecrement(ordering: .relaxed)
     }
 

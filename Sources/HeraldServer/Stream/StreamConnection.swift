@@ -43,6 +43,8 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// starts a tick after it is registered (once the HTTP handlers below it are gone); until
     /// then nothing may be written to it, so closing it just closes.
     var started = false
+    /// When the subscriber's token expires (seconds since 1970), if it has one (SPEC §14).
+    var expires: Double?
     var closed = false
     /// Whether the stream is in the shard's list of streams to flush after a batch.
     var awaitingFlush = false
