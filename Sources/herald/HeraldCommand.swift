@@ -22,7 +22,8 @@ struct HeraldCommand: AsyncParsableCommand {
         snake case (HERALD_PORT, HERALD_RETRY_MS, ...). Repeatable options take a comma-separated list \
         there (HERALD_PUBLISH_KEY=k1,k2); flags take 1/true/yes/on. A command-line option wins over its variable.
 
-        Serving is the default ('herald serve ...' is the same). 'herald token --help' mints subscriber tokens.
+        Serving is the default ('herald serve ...' is the same). The same program is a client: 'herald sub --help', \
+        'herald pub --help'; and 'herald token --help' mints subscriber tokens.
         """,
         version: HeraldServer.version
     )
@@ -183,6 +184,12 @@ struct HeraldCommand: AsyncParsableCommand {
         switch arguments.first {
         case "token":
             TokenCommand.main(Array(arguments.dropFirst()))
+            return
+        case "sub":
+            await SubCommand.main(Array(arguments.dropFirst()))
+            return
+        case "pub":
+            await PubCommand.main(Array(arguments.dropFirst()))
             return
         case "serve":
             arguments.removeFirst()
