@@ -106,9 +106,9 @@ public struct HeraldClient: Sendable {
 
     /// Subscribes and keeps subscribing: a dropped stream is reopened with the last id
     /// received (`Last-Event-ID`), after the server's `retry:` hint, or with a backoff (0.5 s
-    /// doubling to 30 s) while the server cannot be reached. The sequence ends with an error
-    /// only when the server refuses the subscription (4xx: bad request, 401, 403); cancel
-    /// the task that iterates it to stop.
+    /// doubling to 30 s) while the server cannot be reached or answers an error. The sequence
+    /// ends with an error only when the server refuses the subscriber (401, 403); cancel the
+    /// task that iterates it to stop.
     public func subscribe(topics: [String], client: String? = nil, lastEventID: String? = nil) -> AsyncThrowingStream<Message, any Error> {
         AsyncThrowingStream { continuation in
             let task = Task {
@@ -171,7 +171,9 @@ public struct HeraldClient: Sendable {
             case 200:
                 failures = 0
                 delay = retrySeconds
-            case 400..<500 where status != 408 && status != 429:
+            case 401, 403:
+                // SPEC §15: only these end a subscription (anything else may pass: a proxy's
+                // 404 during a deploy, a 503 while the server is full).
                 throw Self.refusal(status, errorBody)
             default:
                 if status != 0 { reason = Self.refusal(status, errorBody).description }

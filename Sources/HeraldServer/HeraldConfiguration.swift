@@ -59,6 +59,9 @@ public struct HeraldConfiguration: Sendable {
     public var subscriberAudience: String?
     /// Topic patterns anyone may subscribe to without a token when subscriber keys are set.
     public var publicTopics: [String] = []
+    /// PEM certificate chain and private key (SPEC §13): with both, the port serves HTTPS only.
+    public var tlsCertificatePath: String?
+    public var tlsKeyPath: String?
     /// Origins allowed cross-origin; `*` applies to the subscribe endpoints only.
     public var corsOrigins: [String] = ["*"]
     /// Maximum open streams (plus waiting polls); nil for the default, the process's
@@ -137,6 +140,7 @@ public struct HeraldConfiguration: Sendable {
             try check(key.utf8.count >= 32, "--subscriber-key must be at least 32 bytes (RFC 7518 §3.2 asks HS256 keys for 256 bits); generate one with: openssl rand -base64 32")
         }
         if let subscriberAudience { try check(!subscriberAudience.isEmpty, "--subscriber-audience must not be empty") }
+        try check((tlsCertificatePath == nil) == (tlsKeyPath == nil), "--tls-cert and --tls-key go together: give both (PEM files) or neither")
         for pattern in publicTopics {
             do {
                 try TopicRules.validate(topic: pattern, forSubscription: true)

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 
 /// The Herald SSE server as a swift-service-lifecycle `Service`.
@@ -76,9 +77,13 @@ public final class HeraldServer: Service, Sendable {
         precondition(!started.exchange(true, ordering: .relaxed), "a HeraldServer runs once")
         let logger = configuration.logger
         let store = hub.store
+        var loadedTLS: TLSContextHolder?
         do {
             // The same checks the CLI makes, for code that builds a configuration itself.
             try configuration.validate()
+            if let certificate = configuration.tlsCertificatePath, let key = configuration.tlsKeyPath {
+                loadedTLS = try TLSContextHolder(certificatePath: certificate, keyPath: key)
+            }
             try await openStore()
         } catch {
             listening.fail(error)
@@ -100,11 +105,22 @@ public final class HeraldServer: Service, Sendable {
         let retention = startRetention()
         let fileThreadPool = NIOThreadPool(numberOfThreads: 1)
         fileThreadPool.start()
-        let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool)
+        let tls = loadedTLS
+        let context = ServerContext(configuration: configuration, hub: hub, metrics: metrics, fileThreadPool: fileThreadPool, tls: tls)
+        // SIGHUP reloads the TLS files (SPEC §13): new connections get the new certificate.
+        let reloadSignal = tls.map { holder -> any DispatchSourceSignal in
+            signal(SIGHUP, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+            source.setEventHandler { holder.reload(logger: logger) }
+            source.resume()
+            return source
+        }
+        defer { reloadSignal?.cancel() }
         let responders = Responders(server: context)
         let channel: any Channel
         let maxQueuedBytes = max(1, configuration.maxQueuedBytes)
         let maxHeaderBytes = configuration.maxHeaderBytes
+        let headTimeout = configuration.requestHeadTimeout
         do {
             channel = try await ServerBootstrap(group: group)
                 // Out of file descriptors (EMFILE/ENFILE), `accept` fails while the listener
@@ -132,6 +148,12 @@ public final class HeraldServer: Service, Sendable {
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: maxQueuedBytes / 2, high: maxQueuedBytes))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            // HTTPS only: TLS first in the pipeline; a client that never
+                            // finishes its handshake meets the request-head timeout.
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                            try channel.pipeline.syncOperations.addHandler(TLSHandshakeTimeout(timeout: headTimeout))
+                        }
                         let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes)
                         try channel.pipeline.syncOperations.addHandler(
                             HTTPHandler(server: context, responders: responders, handlers: handlers))
@@ -152,7 +174,7 @@ public final class HeraldServer: Service, Sendable {
 
         let address = channel.localAddress!
         Self.checkPublicFolder(configuration, logger: logger)
-        let url = Self.url(for: address)
+        let url = Self.url(for: address, secure: tls != nil)
         logger.info("listening", metadata: ["herald.url": "\(url)", "herald.history": "\(configuration.historyCapacity)"])
         if configuration.announceListening {
             // Under a supervisor stdout is a pipe, so flush at once.
@@ -242,11 +264,12 @@ public final class HeraldServer: Service, Sendable {
         logger.warning("no index.html in the --public folder \(folder): / answers 404 (run herald from the repository, or pass --public DIR)")
     }
 
-    static func url(for address: SocketAddress) -> String {
+    static func url(for address: SocketAddress, secure: Bool = false) -> String {
         let host = address.ipAddress ?? "localhost"
         let port = address.port ?? 0
-        if case .v6 = address { return "http://[\(host)]:\(port)" }
-        return "http://\(host):\(port)"
+        let scheme = secure ? "https" : "http"
+        if case .v6 = address { return "\(scheme)://[\(host)]:\(port)" }
+        return "\(scheme)://\(host):\(port)"
     }
 }
 

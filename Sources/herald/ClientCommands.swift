@@ -23,6 +23,9 @@ private func writeAll(_ descriptor: Int32, _ text: String) {
         let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         if written < 0 {
             if errno == EINTR { continue }
+            // Nobody reads any more (`herald sub | head -1`): stop, as a pipeline expects.
+            // (SIGPIPE is ignored in this process: SwiftNIO ignores it for its sockets.)
+            if errno == EPIPE { _exit(0) }
             return
         }
         bytes = bytes.dropFirst(written)
@@ -43,7 +46,7 @@ struct SubCommand: AsyncParsableCommand {
         discussion: """
         Output: one line per event, 'ID TYPE DATA' ('-' for no type, line breaks in the data as \\n), or with --json \
         {"id","type","data"} per line. Resets and reconnects are reported on stderr; stdout carries nothing but events. \
-        Exits 0 on Ctrl-C; exits 1 with the server's reason when it refuses the subscription (400, 401, 403).
+        Exits 0 on Ctrl-C; exits 1 with the server's reason when it refuses the subscription (401, 403) or the token expires.
         Example: herald sub 'quotes/*'
         """)
 
@@ -76,7 +79,10 @@ struct SubCommand: AsyncParsableCommand {
                 case .reset(let reason, let lastEventID):
                     warn("herald sub: herald.reset (\(reason)): events after \(lastEventID.isEmpty ? "the start" : lastEventID) are gone; going on from the newest")
                 case .expired(let exp):
-                    warn("herald sub: herald.expired: the token expired at \(exp)")
+                    // The same token would be refused (401) once the server's leeway is over:
+                    // stop now rather than reconnect with it until then.
+                    warn("herald sub: herald.expired: the token expired at \(exp); get a new one (herald token) and subscribe again")
+                    throw ExitCode(1)
                 case .reconnecting(let delay, let reason):
                     warn("herald sub: \(reason); reconnecting in \(String(format: "%.1f", delay)) s")
                 case .opened:
@@ -182,6 +188,7 @@ struct PubCommand: AsyncParsableCommand {
         var batchNumber = 0
         var endOfInput = false
         var chunk = [UInt8](repeating: 0, count: 65_536)
+        var batchBytes = 0
 
         func send() async throws {
             guard !batch.isEmpty else { return }
@@ -191,6 +198,7 @@ struct PubCommand: AsyncParsableCommand {
                 emit(String(id))
             }
             batch.removeAll(keepingCapacity: true)
+            batchBytes = 0
             batchStarted = nil
         }
 
@@ -212,8 +220,12 @@ struct PubCommand: AsyncParsableCommand {
                         pending.removeSubrange(...newline)
                         if line.last == UInt8(ascii: "\r") { line.removeLast() }
                         if line.allSatisfy({ $0 == 32 || $0 == 9 }) { continue } // blank lines are skipped
+                        // A batch also ends before it would outgrow the server's default body
+                        // limit (--max-body-bytes, 1 MiB).
+                        if !batch.isEmpty && batchBytes + line.count + 1 > Self.maxBatchBytes { try await send() }
                         if batchStarted == nil { batchStarted = Self.now() }
                         batch.append(String(decoding: line, as: UTF8.self))
+                        batchBytes += line.count + 1
                         if batch.count == 1000 { try await send() }
                     }
                 }
@@ -227,6 +239,8 @@ struct PubCommand: AsyncParsableCommand {
         }
         try await send()
     }
+
+    static let maxBatchBytes = 1_000_000
 
     static func now() -> timespec {
         var spec = timespec()

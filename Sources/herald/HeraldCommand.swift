@@ -64,6 +64,12 @@ struct HeraldCommand: AsyncParsableCommand {
     @Option(name: .customLong("public-topic"), help: "With --subscriber-key: a topic pattern anyone may subscribe to without a token (repeatable).")
     var publicTopics: [String] = []
 
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate (the chain may follow it): with --tls-key the port serves HTTPS only (TLS 1.2/1.3). SIGHUP reloads both files.")
+    var tlsCertificate: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
     @Option(name: .customLong("cors-origin"), help: "Allowed cross-origin origin (repeatable; default '*' for the subscribe endpoints).")
     var corsOrigins: [String] = []
 
@@ -129,6 +135,8 @@ struct HeraldCommand: AsyncParsableCommand {
             _ = try HeraldConfiguration.duration(seconds: keepalive, flag: "--keepalive", range: 0.001...86_400)
             configuration.retryMilliseconds = retryMilliseconds
             configuration.publishKeys = publishKeys
+            configuration.tlsCertificatePath = tlsCertificate
+            configuration.tlsKeyPath = tlsKey
             configuration.subscriberKeys = subscriberKeys
             configuration.subscriberAudience = subscriberAudience
             configuration.publicTopics = publicTopics

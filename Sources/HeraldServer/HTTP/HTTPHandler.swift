@@ -313,7 +313,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// stream handed to its shard, which writes straight to the socket from then on.
     private func openStream(_ stream: Shard.StreamRequest, headers: HTTPFields, context: ChannelHandlerContext) {
         var stream = stream
-        stream.direct = !configuration.streamsThroughPipeline
+        // Straight to the socket only on cleartext: over TLS every byte goes through NIOSSL.
+        stream.direct = !configuration.streamsThroughPipeline && server.tls == nil
         let hub = server.hub
         guard machine.mayAnswer else {
             hub.openStreams.wrappingDecrement(ordering: .relaxed)

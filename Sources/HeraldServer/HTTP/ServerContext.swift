@@ -19,9 +19,12 @@ final class ServerContext: Sendable {
     let maxConnections: Int
     /// Who may publish and manage clients (and, with SPEC §14, subscribe).
     let authorizer: Authorizer
+    /// The TLS identity when the port serves HTTPS (`--tls-cert`, `--tls-key`).
+    let tls: TLSContextHolder?
 
-    init(configuration: HeraldConfiguration, hub: Hub, metrics: HeraldMetrics, fileThreadPool: NIOThreadPool) {
+    init(configuration: HeraldConfiguration, hub: Hub, metrics: HeraldMetrics, fileThreadPool: NIOThreadPool, tls: TLSContextHolder? = nil) {
         self.configuration = configuration
+        self.tls = tls
         self.hub = hub
         self.metrics = metrics
         self.logger = configuration.logger
