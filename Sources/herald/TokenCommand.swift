@@ -1,4 +1,5 @@
 import ArgumentParser
+import HeraldCore
 import HeraldServer
 
 #if canImport(Glibc)
@@ -35,12 +36,19 @@ struct TokenCommand: ParsableCommand {
     var audience: String?
 
     func validate() throws {
-        guard ttl.isFinite, ttl > 0, ttl <= 10 * 365 * 86_400 else { throw ValidationError("--ttl must be a number of seconds above 0 (at most ten years)") }
+        guard ttl.isFinite, ttl > 0, ttl <= 10 * 365 * 86_400 else { throw ArgumentParser.ValidationError("--ttl must be a number of seconds above 0 (at most ten years)") }
         guard let key = resolvedKey, !key.isEmpty else {
-            throw ValidationError("give --key (or set HERALD_SUBSCRIBER_KEY): the key the server checks tokens with")
+            throw ArgumentParser.ValidationError("give --key (or set HERALD_SUBSCRIBER_KEY): the key the server checks tokens with")
         }
-        guard key.utf8.count >= 32 else { throw ValidationError("--key must be at least 32 bytes, like the server's --subscriber-key") }
-        if topics.isEmpty && sub == nil { throw ValidationError("grant something: --topic PATTERN (repeatable) and/or --sub CLIENT_TOKEN") }
+        guard key.utf8.count >= 32 else { throw ArgumentParser.ValidationError("--key must be at least 32 bytes, like the server's --subscriber-key") }
+        if topics.isEmpty && sub == nil { throw ArgumentParser.ValidationError("grant something: --topic PATTERN (repeatable) and/or --sub CLIENT_TOKEN") }
+        // What the server would not accept is refused here, not discovered by a subscriber.
+        if let sub {
+            do { try TopicRules.validate(clientToken: sub) } catch { throw ArgumentParser.ValidationError("--sub: \(error.detail)") }
+        }
+        for topic in topics {
+            do { try TopicRules.validate(topic: topic, forSubscription: true) } catch { throw ArgumentParser.ValidationError("--topic: \(error.detail)") }
+        }
     }
 
     private var resolvedKey: String? {

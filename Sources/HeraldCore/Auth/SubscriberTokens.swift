@@ -56,6 +56,8 @@ public struct HS256Verifier: Sendable {
 
     /// Tokens longer than this are refused before any decoding (a header holds 16 KiB at most).
     public static let maxTokenBytes = 8192
+    /// The encoded header's limit (`{"alg":"HS256","typ":"JWT"}` is 36 characters).
+    public static let maxHeaderBytes = 1024
     /// Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
     public static let leeway: Double = 60
 
@@ -81,8 +83,11 @@ public struct HS256Verifier: Sendable {
         let dots = bytes.indices.filter { bytes[$0] == UInt8(ascii: ".") }
         guard dots.count == 2 else { throw TokenError("a token has three base64url parts separated by '.' (JWS compact form)") }
         let headerPart = bytes[..<dots[0]], claimsPart = bytes[(dots[0] + 1)..<dots[1]], signaturePart = bytes[(dots[1] + 1)...]
-        guard let headerBytes = Base64URL.decode(headerPart), let claimsBytes = Base64URL.decode(claimsPart),
-              let signature = Base64URL.decode(signaturePart)
+        // Cheap checks first, so a forged token costs little: an HS256 signature is 32 bytes
+        // (43 characters), and a header needs no more than a few hundred bytes.
+        guard signaturePart.count == 43 else { throw TokenError("an HS256 signature is 43 base64url characters, not \(signaturePart.count)") }
+        guard headerPart.count <= Self.maxHeaderBytes else { throw TokenError("the header is longer than \(Self.maxHeaderBytes) bytes") }
+        guard let headerBytes = Base64URL.decode(headerPart), let signature = Base64URL.decode(signaturePart)
         else { throw TokenError("a part of the token is not base64url (unpadded)") }
 
         // The algorithm is the server's: HS256, whatever else the header might ask for.
@@ -98,6 +103,8 @@ public struct HS256Verifier: Sendable {
         for key in keys where Self.constantTimeEqual(mac(key, signingInput), signature) { valid = true }
         guard valid else { throw TokenError("the signature does not match any subscriber key") }
 
+        // The claims are decoded only once the signature says they are the issuer's.
+        guard let claimsBytes = Base64URL.decode(claimsPart) else { throw TokenError("a part of the token is not base64url (unpadded)") }
         let claims = try Self.object(claimsBytes, "claims")
         guard let exp = try Self.numericDate(claims, "exp") else { throw TokenError("the token has no 'exp' (it is required)") }
         if now >= exp + Self.leeway { throw TokenError("the token expired at \(Self.text(exp))") }

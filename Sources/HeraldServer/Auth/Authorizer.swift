@@ -70,6 +70,9 @@ struct Authorizer: Sendable {
         do {
             grant = try verifier.verify(token, now: now)
         } catch {
+            // Public topics need no token: a stale cookie must not cut a page off its public
+            // feeds (EventSource does not retry after a 401).
+            if restricted.isEmpty && client == nil { return .success(SubscriberAccess(clientToken: nil, expires: nil)) }
             return .failure(Problem(.unauthorized, "the subscriber token is not valid: \(error.description)",
                                     headers: [("WWW-Authenticate", "Bearer error=\"invalid_token\"")]))
         }

@@ -87,8 +87,10 @@ extension Responders {
     /// the query's `access_token`; the first one present is the token.
     static func subscriberToken(_ request: EndpointRequest, queryToken: String?) -> Substring? {
         if let authorization = request.header(.authorization) {
-            let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-            if parts.count == 2, parts[0].lowercased() == "bearer" { return Substring(parts[1].trimmingSpaces()) }
+            // Present, it is the token, usable or not: a bad one is not rescued by a cookie.
+            let parts = authorization.split(maxSplits: 1, omittingEmptySubsequences: true, whereSeparator: { $0 == " " || $0 == "\t" })
+            guard parts.count == 2, parts[0].lowercased() == "bearer" else { return "" }
+            return Substring(parts[1].trimmingSpaces())
         }
         for header in request.headers(.cookie) {
             for pair in header.split(separator: ";") {

@@ -85,9 +85,11 @@ final class Responders: Sendable {
         -> EventLoopFuture<EndpointReply>
     {
         let hub = server.hub
-        guard hub.store.cluster != nil, let id = try parseSubscription(request).lastEventID.flatMap(EventIDParser.parse),
-              id > hub.newestID
-        else { return try body() }
+        guard hub.store.cluster != nil else { return try body() }
+        var subscription = try parseSubscription(request)
+        guard let id = subscription.lastEventID.flatMap(EventIDParser.parse), id > hub.newestID else { return try body() }
+        // Authorised before waiting: an anonymous request must not make the node wait or read.
+        _ = try authorizeSubscriber(request, &subscription)
         // The wait completes on the request's loop (its promise is made there), where the
         // transport's request scope lives.
         return hub.store.awaitDelivery(through: id, timeout: .seconds(2), on: request.eventLoop).assumeIsolated().flatMap {
@@ -134,14 +136,15 @@ final class Responders: Sendable {
     /// A request target fit for a log line: at most 200 characters, and the value of any
     /// `access_token` query parameter (a subscriber's bearer token, SPEC §14) replaced.
     static func loggable(_ target: String) -> String {
-        var text = String(target.prefix(200))
-        var searchFrom = text.startIndex
-        while let range = text.range(of: "access_token=", range: searchFrom..<text.endIndex) {
-            let end = text[range.upperBound...].firstIndex(of: "&") ?? text.endIndex
-            text.replaceSubrange(range.upperBound..<end, with: "REDACTED")
-            searchFrom = text.index(range.upperBound, offsetBy: "REDACTED".count)
+        guard let mark = target.firstIndex(of: "?") else { return String(target.prefix(200)) }
+        var pairs: [String] = []
+        for pair in target[target.index(after: mark)...].split(separator: "&", omittingEmptySubsequences: false) {
+            let name = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)[0]
+            // Judged by the decoded name (`access%5Ftoken` is the same parameter).
+            let decoded = (try? FormURLEncoded.decode(name.utf8)) ?? String(name)
+            pairs.append(decoded == "access_token" ? "\(name)=REDACTED" : String(pair))
         }
-        return text
+        return String((target[...mark] + pairs.joined(separator: "&")).prefix(200))
     }
 
     static func validate(token: String) throws {

@@ -3,21 +3,23 @@ import NIOCore
 
 /// Subscriber tokens expire (SPEC §14): when a stream's token reaches its `exp` (no leeway
 /// here), the stream gets `event: herald.expired` and is closed. One timer per loop, armed
-/// for the next expiry due, not one per stream.
+/// for the next second in which a token expires, not one per stream.
 extension Shard {
-    /// Orders streams by expiry, latest first (ties by identity, so one can be found again).
-    private static func isLater(_ a: StreamConnection, than b: StreamConnection) -> Bool {
-        let (x, y) = (a.expires ?? 0, b.expires ?? 0)
-        return x != y ? x > y : ObjectIdentifier(a) > ObjectIdentifier(b)
+    /// The second a token expiring at `expires` is enforced in: rounded up (never early),
+    /// clamped so that any `exp` a token may carry converts without a trap.
+    static func expirySecond(_ expires: Double) -> Int64 {
+        guard expires.isFinite else { return expires < 0 ? 0 : Int64.max / 2 }
+        return Int64(min(max(expires.rounded(.up), 0), Double(Int64.max / 2)))
     }
 
-    /// Where `stream` belongs in ``expiries`` (binary search).
-    private func expiryIndex(of stream: StreamConnection) -> Int {
+    /// Index of `second` in ``expirySeconds``, or where it would go.
+    private func secondIndex(_ second: Int64) -> Int {
+        if let last = expirySeconds.last, last < second { return expirySeconds.count } // the usual case
         var low = 0
-        var high = expiries.count
+        var high = expirySeconds.count
         while low < high {
             let mid = (low + high) / 2
-            if Self.isLater(expiries[mid], than: stream) { low = mid + 1 } else { high = mid }
+            if expirySeconds[mid] < second { low = mid + 1 } else { high = mid }
         }
         return low
     }
@@ -25,48 +27,71 @@ extension Shard {
     func scheduleExpiry(_ stream: StreamConnection, at expires: Double) {
         eventLoop.assertInEventLoop()
         stream.expires = expires
-        expiries.insert(stream, at: expiryIndex(of: stream))
+        let second = Self.expirySecond(expires)
+        if expiryBuckets[second] == nil {
+            expirySeconds.insert(second, at: secondIndex(second))
+        }
+        expiryBuckets[second, default: [:]][ObjectIdentifier(stream)] = stream
         armExpiryTimer()
     }
 
     func removeExpiry(_ stream: StreamConnection) {
-        let index = expiryIndex(of: stream)
-        if index < expiries.count, expiries[index] === stream { expiries.remove(at: index) }
+        guard let expires = stream.expires else { return }
+        let second = Self.expirySecond(expires)
+        guard var bucket = expiryBuckets[second] else { return }
+        bucket[ObjectIdentifier(stream)] = nil
+        if bucket.isEmpty {
+            expiryBuckets[second] = nil
+            let index = secondIndex(second)
+            if index < expirySeconds.count, expirySeconds[index] == second { expirySeconds.remove(at: index) }
+        } else {
+            expiryBuckets[second] = bucket
+        }
     }
 
     private func armExpiryTimer() {
-        guard let next = expiries.last?.expires else { return }
+        guard let next = expirySeconds.first else { return }
         if let due = expiryTimerDue, due <= next, expiryTimer != nil { return }
         expiryTimer?.cancel()
-        let delay = max(0, next - WallClock.secondsSince1970())
-        // Capped at a day, so a far-off expiry never overflows a deadline.
-        let nanoseconds = Int64(min(delay, 86_400) * 1_000_000_000)
+        let delay = max(0, Double(next) - WallClock.secondsSince1970())
+        // Capped at a day, so a far-off expiry never overflows a deadline (it re-arms then).
         expiryTimerDue = next
-        expiryTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { self.expireDue() }
+        expiryTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(min(delay, 86_400) * 1_000_000_000))) {
+            self.expireDue()
+        }
     }
 
     private func expireDue() {
         expiryTimer = nil
         expiryTimerDue = nil
         let now = WallClock.secondsSince1970()
-        var notStarted: [StreamConnection] = []
-        while let stream = expiries.last, let expires = stream.expires, expires <= now {
-            expiries.removeLast()
-            guard !stream.closed else { continue }
-            // A stream whose start has not run yet (its head still going out through the
-            // pipeline) gets its notice once it has.
-            guard stream.started else {
-                notStarted.append(stream)
-                continue
+        var waitingForStart = false
+        while let second = expirySeconds.first, Double(second) <= now {
+            expirySeconds.removeFirst()
+            let bucket = expiryBuckets.removeValue(forKey: second) ?? [:]
+            var notStarted: [ObjectIdentifier: StreamConnection] = [:]
+            for (id, stream) in bucket where !stream.closed {
+                // A stream whose start has not run yet (its head still going out through the
+                // pipeline) gets its notice once it has.
+                guard stream.started else {
+                    notStarted[id] = stream
+                    continue
+                }
+                stream.expires = nil // out of the buckets already
+                var bytes: [UInt8] = []
+                ControlEvents.appendExpired(exp: Double(second), to: &bytes)
+                stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
+                stream.close(graceful: true)
             }
-            var bytes: [UInt8] = []
-            ControlEvents.appendExpired(exp: expires, to: &bytes)
-            stream.write(WireFormat.frame(bytes, chunked: stream.chunked, allocator: hub.allocator))
-            stream.close(graceful: true)
+            if !notStarted.isEmpty {
+                expiryBuckets[second] = notStarted
+                expirySeconds.insert(second, at: 0)
+                waitingForStart = true
+                break
+            }
         }
-        for stream in notStarted { expiries.insert(stream, at: expiryIndex(of: stream)) }
-        if !notStarted.isEmpty {
-            expiryTimerDue = now
+        if waitingForStart {
+            expiryTimerDue = expirySeconds.first
             expiryTimer = eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(20)) { self.expireDue() }
             return
         }

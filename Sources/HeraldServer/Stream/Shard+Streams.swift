@@ -66,6 +66,13 @@ extension Shard {
             hub.metrics.resets.increment()
         }
         ControlEvents.appendHello(client: request.token, topics: request.topics, resumed: resumed, to: &preamble)
+        // A token accepted within the leeway but already past its `exp` (SPEC §14): hello,
+        // then herald.expired and the end at once, without retained events or a replay.
+        let expiredAtOpen = request.expires.map { $0 <= WallClock.secondsSince1970() } ?? false
+        if expiredAtOpen, let expires = request.expires {
+            ControlEvents.appendExpired(exp: expires, to: &preamble)
+            resetReason = nil
+        }
         if let resetReason {
             ControlEvents.appendReset(reason: resetReason, lastEventID: request.lastEventID ?? "", newest: deliveredThrough, to: &preamble)
         }
@@ -85,13 +92,17 @@ extension Shard {
         streams[ObjectIdentifier(stream)] = stream
         index.insert(stream, filter: request.filter)
         appendToKeepAliveList(stream)
-        if let expires = request.expires { scheduleExpiry(stream, at: expires) }
+        if let expires = request.expires, !expiredAtOpen { scheduleExpiry(stream, at: expires) }
 
         let firstBytes = WireFormat.frame(preamble, chunked: request.chunked, allocator: channel.allocator)
         return {
             guard !stream.closed else { return }
             stream.started = true
             stream.write(firstBytes)
+            if expiredAtOpen {
+                stream.close(graceful: true)
+                return
+            }
             self.continueReplay(stream)
         }
     }

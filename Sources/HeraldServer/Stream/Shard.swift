@@ -41,11 +41,14 @@ final class Shard: @unchecked Sendable {
     var newest: StreamConnection?
     var keepAliveTimer: Scheduled<Void>?
 
-    // Token expiry (SPEC §14): the streams with a token, latest expiry first (the next one
-    // due is last), and one timer per loop for the next one due.
-    var expiries: [StreamConnection] = []
+    // Token expiry (SPEC §14): streams with a token, by the second their token expires in
+    // (rounded up, so never early), the seconds in ascending order, and one timer per loop
+    // for the next second due. Adding or removing a stream is O(1) in the streams (a
+    // reconnect storm or a mass close stays linear), O(log n) in distinct seconds.
+    var expiryBuckets: [Int64: [ObjectIdentifier: StreamConnection]] = [:]
+    var expirySeconds: [Int64] = []
     var expiryTimer: Scheduled<Void>?
-    var expiryTimerDue: Double?
+    var expiryTimerDue: Int64?
     let channelEmptyBuffer = ByteBuffer()
 
     /// Replay batches: about this many bytes per socket write round.
@@ -159,7 +162,7 @@ final class Shard: @unchecked Sendable {
     /// reconnects), so it can never hold memory without bound or slow anyone else.
     func checkBacklog(_ stream: StreamConnection) {
         if !stream.replaying && !stream.closed && !stream.isWritable {
-            logger.info("closing slow consumer", metadata: ["herald.client": "\(stream.token)"])
+            logger.info("closing slow consumer", metadata: ["herald.client": "\(stream.token.prefix(4))…"]) // a token is a bearer secret in open mode
             hub.metrics.slowConsumerDisconnects.increment()
             stream.close(graceful: false)
         }
