@@ -17,6 +17,7 @@ log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)   # the TLS tests make their certificates
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
@@ -41,8 +42,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || {
 }
 venv=".venv-test"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import selenium, pytest' 2>/dev/null || {
-  log "installing selenium and pytest into $venv"; "$venv/bin/python" -m pip install -q selenium pytest
+"$venv/bin/python" -c 'import selenium, pytest, h2' 2>/dev/null || {
+  log "installing selenium, pytest and h2 into $venv"; "$venv/bin/python" -m pip install -q selenium pytest h2
 }
 python="$venv/bin/python"
 

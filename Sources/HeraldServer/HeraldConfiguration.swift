@@ -62,6 +62,8 @@ public struct HeraldConfiguration: Sendable {
     /// PEM certificate chain and private key (SPEC §13): with both, the port serves HTTPS only.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
+    /// Concurrent HTTP/2 streams per connection (`--h2-max-streams`, SPEC §13).
+    public var h2MaxStreams = 100
     /// Origins allowed cross-origin; `*` applies to the subscribe endpoints only.
     public var corsOrigins: [String] = ["*"]
     /// Maximum open streams (plus waiting polls); nil for the default, the process's
@@ -140,6 +142,7 @@ public struct HeraldConfiguration: Sendable {
             try check(key.utf8.count >= 32, "--subscriber-key must be at least 32 bytes (RFC 7518 §3.2 asks HS256 keys for 256 bits); generate one with: openssl rand -base64 32")
         }
         if let subscriberAudience { try check(!subscriberAudience.isEmpty, "--subscriber-audience must not be empty") }
+        try check((1...10_000).contains(h2MaxStreams), "--h2-max-streams must be 1...10000")
         try check((tlsCertificatePath == nil) == (tlsKeyPath == nil), "--tls-cert and --tls-key go together: give both (PEM files) or neither")
         for pattern in publicTopics {
             do {

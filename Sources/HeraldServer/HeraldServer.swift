@@ -4,6 +4,7 @@ import HeraldCore
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
@@ -147,16 +148,43 @@ public final class HeraldServer: Service, Sendable {
                 // a stream is closed as a slow consumer (SPEC §16).
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: maxQueuedBytes / 2, high: maxQueuedBytes))
                 .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        if let tls {
-                            // HTTPS only: TLS first in the pipeline; a client that never
-                            // finishes its handshake meets the request-head timeout.
+                    if let tls {
+                        // HTTPS only: TLS first in the pipeline (a client that never finishes
+                        // its handshake is cut at the request-head timeout), then ALPN picks
+                        // HTTP/2 or HTTP/1.1.
+                        do {
                             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
                             try channel.pipeline.syncOperations.addHandler(TLSHandshakeTimeout(timeout: headTimeout))
+                        } catch {
+                            return channel.eventLoop.makeFailedFuture(error)
                         }
-                        let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes)
-                        try channel.pipeline.syncOperations.addHandler(
-                            HTTPHandler(server: context, responders: responders, handlers: handlers))
+                        return channel.configureHTTP2SecureUpgrade(
+                            h2ChannelConfigurator: { channel in
+                                channel.eventLoop.makeCompletedFuture {
+                                    try HTTP2Setup.configure(channel, server: context, responders: responders, secure: true)
+                                }
+                            },
+                            http1ChannelConfigurator: { channel in
+                                channel.eventLoop.makeCompletedFuture {
+                                    let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes)
+                                    try channel.pipeline.syncOperations.addHandler(
+                                        HTTPHandler(server: context, responders: responders, handlers: handlers))
+                                }
+                            })
+                    }
+                    return channel.eventLoop.makeCompletedFuture {
+                        // Cleartext: HTTP/1.1, or HTTP/2 when the connection opens with its
+                        // preface (h2c with prior knowledge); the sniffer decides and installs.
+                        try channel.pipeline.syncOperations.addHandler(HTTP2PrefaceSniffer(timeout: headTimeout) { sniffer, me, http2 in
+                            if http2 {
+                                try HTTP2Setup.configure(sniffer.channel, server: context, responders: responders, secure: false,
+                                                         position: .after(me))
+                            } else {
+                                let handlers = try HTTP1Handlers.install(on: sniffer.channel, maxHeaderBytes: maxHeaderBytes)
+                                try sniffer.pipeline.syncOperations.addHandler(
+                                    HTTPHandler(server: context, responders: responders, handlers: handlers))
+                            }
+                        })
                     }
                 }
                 .bind(host: configuration.host, port: configuration.port)
@@ -193,7 +221,7 @@ public final class HeraldServer: Service, Sendable {
         // Stop accepting (also when cancelled rather than shut down gracefully).
         try? await channel.close()
         demo?.stop()
-        await closeStreams(logger: logger)
+        await closeStreams(logger: logger, context: context)
         retention?.cancel()
         // Publishes still being written are committed (and answered) before the store closes.
         await store.close()
@@ -242,7 +270,8 @@ public final class HeraldServer: Service, Sendable {
 
     /// Closes every stream at a random moment within the grace period, then waits for them
     /// to be gone (a little longer than the grace period at most).
-    private func closeStreams(logger: Logger) async {
+    private func closeStreams(logger: Logger, context: ServerContext) async {
+        context.http2Connections.goAway()
         let grace = configuration.shutdownGrace
         for shard in hub.shards {
             shard.eventLoop.execute {

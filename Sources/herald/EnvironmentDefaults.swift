@@ -22,7 +22,7 @@ enum EnvironmentDefaults {
     static let options: [(name: String, kind: Kind)] = [
         ("host", .value), ("port", .integer), ("public", .value), ("history", .integer), ("history-max-age", .number),
         ("cache", .integer), ("keepalive", .number), ("retry-ms", .integer), ("publish-key", .repeatable),
-        ("tls-cert", .value), ("tls-key", .value), ("subscriber-key", .repeatable), ("subscriber-audience", .value), ("public-topic", .repeatable),
+        ("tls-cert", .value), ("tls-key", .value), ("h2-max-streams", .integer), ("subscriber-key", .repeatable), ("subscriber-audience", .value), ("public-topic", .repeatable),
         ("cors-origin", .repeatable), ("max-connections", .integer), ("max-retained", .integer), ("max-event-bytes", .integer),
         ("max-body-bytes", .integer), ("max-queued-bytes", .integer), ("no-chunked", .flag), ("demo", .flag), ("store", .value),
         ("threads", .integer), ("stream-writes", .value), ("shutdown-grace", .number), ("log-level", .value),

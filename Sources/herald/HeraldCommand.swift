@@ -70,6 +70,9 @@ struct HeraldCommand: AsyncParsableCommand {
     @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
     var tlsKey: String?
 
+    @Option(name: .customLong("h2-max-streams"), help: "Concurrent HTTP/2 streams (event streams or requests) per connection.")
+    var h2MaxStreams = 100
+
     @Option(name: .customLong("cors-origin"), help: "Allowed cross-origin origin (repeatable; default '*' for the subscribe endpoints).")
     var corsOrigins: [String] = []
 
@@ -137,6 +140,7 @@ struct HeraldCommand: AsyncParsableCommand {
             configuration.publishKeys = publishKeys
             configuration.tlsCertificatePath = tlsCertificate
             configuration.tlsKeyPath = tlsKey
+            configuration.h2MaxStreams = h2MaxStreams
             configuration.subscriberKeys = subscriberKeys
             configuration.subscriberAudience = subscriberAudience
             configuration.publicTopics = publicTopics

@@ -112,7 +112,9 @@ def other_origin():
 def browser():
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
+                     "--window-size=1280,900", "--no-first-run", "--disable-extensions",
+                     # The HTTPS tests use a self-signed certificate made for them.
+                     "--ignore-certificate-errors"):
         options.add_argument(argument)
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary:

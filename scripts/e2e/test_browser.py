@@ -135,3 +135,48 @@ def test_cross_origin_eventsource_with_subscriber_tokens(herald_factory, other_o
     assert browser.execute_script("return window.cookieGot") == ["for cookie holders"]
     # The EventSource without a token got 401 and gave up (readyState CLOSED).
     wait_for(lambda: browser.execute_script("return window.refused"), what="the tokenless EventSource to be refused")
+
+
+def test_twelve_eventsources_to_one_origin_over_https_and_http2(browser, tmp_path):
+    """SPEC §13: over HTTP/1.1 a browser holds at most six connections per origin, so a page
+    with twelve EventSources hangs; over HTTPS Chromium speaks HTTP/2 (ALPN) and all twelve
+    are live on one connection."""
+    import subprocess
+    from conftest import free_port, herald_binary
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    public = tmp_path / "public"
+    public.mkdir()
+    (public / "twelve.html").write_text("""<!doctype html><meta charset="utf-8"><title>twelve</title><script>
+        window.opened = 0; window.got = {};
+        for (var i = 0; i < 12; i++) (function (i) {
+            var source = new EventSource("/events?topic=t" + i);
+            source.onopen = function () { window.opened++; };
+            source.onmessage = function (e) { window.got[i] = e.data; };
+        })(i);
+        </script>""")
+    port = free_port()
+    process = subprocess.Popen([herald_binary(), "--host", "127.0.0.1", "--port", str(port), "--public", str(public),
+                                "--tls-cert", str(cert), "--tls-key", str(key), "--log-level", "warning"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().startswith("listening on https://")
+        browser.get(f"https://127.0.0.1:{port}/twelve.html")
+        assert browser.execute_script("return performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+        wait_for(lambda: browser.execute_script("return window.opened") == 12, what="twelve open EventSources")
+        import ssl
+        import urllib.request
+        context = ssl.create_default_context(cafile=str(cert))
+        for i in range(12):
+            request = urllib.request.Request(f"https://127.0.0.1:{port}/events?topic=t{i}", data=f"to {i}".encode(),
+                                             method="POST", headers={"Content-Type": "text/plain"})
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                assert response.status == 200
+        got = wait_for(lambda: (lambda g: g if len(g) == 12 else None)(browser.execute_script("return window.got")),
+                       what="an event on each of the twelve")
+        assert got == {str(i): f"to {i}" for i in range(12)}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

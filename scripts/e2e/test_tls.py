@@ -119,15 +119,16 @@ def test_endpoints_and_a_stream_over_tls(server):
     stream.close()
 
 
-def test_only_tls_1_2_and_1_3_with_alpn_http_1_1(server):
+def test_only_tls_1_2_and_1_3_with_alpn_h2_and_http_1_1(server):
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-        ctx = server.context()
-        ctx.minimum_version = ctx.maximum_version = version
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                assert tls.version() in ("TLSv1.2", "TLSv1.3")
-                assert tls.selected_alpn_protocol() == "http/1.1"
+        for offered, chosen in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")):
+            ctx = server.context()
+            ctx.minimum_version = ctx.maximum_version = version
+            ctx.set_alpn_protocols(offered)
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    assert tls.version() in ("TLSv1.2", "TLSv1.3")
+                    assert tls.selected_alpn_protocol() == chosen
     for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         import warnings
         warnings.simplefilter("ignore", DeprecationWarning)  # asking for TLS 1.0/1.1 on purpose

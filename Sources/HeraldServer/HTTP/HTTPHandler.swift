@@ -49,8 +49,22 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: Lifecycle and timeouts
 
     func channelActive(context: ChannelHandlerContext) {
-        perform(machine.connectionActive(now: context.eventLoop.now), context: context)
+        activate(context: context)
         context.fireChannelActive()
+    }
+
+    /// Added to a connection that is already active (HTTP/1.1 chosen by ALPN after the TLS
+    /// handshake): the connection's life starts now.
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { activate(context: context) }
+    }
+
+    private var activated = false
+
+    private func activate(context: ChannelHandlerContext) {
+        guard !activated else { return }
+        activated = true
+        perform(machine.connectionActive(now: context.eventLoop.now), context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

@@ -11,6 +11,8 @@ final class ServerContext: Sendable {
     let logger: Logger
     let staticFiles: StaticFiles
     let fileThreadPool: NIOThreadPool
+    /// Open HTTP/2 connections (for GOAWAY on shutdown).
+    let http2Connections = HTTP2Setup.Connections()
     /// Explicitly listed origins (everything but `*`).
     let explicitOrigins: Set<String>
     let allowsAnyOrigin: Bool

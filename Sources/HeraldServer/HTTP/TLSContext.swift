@@ -37,7 +37,7 @@ final class TLSContextHolder: Sendable {
         }
     }
 
-    /// TLS 1.2 and 1.3 only, ALPN `http/1.1`.
+    /// TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
     static func load(certificatePath: String, keyPath: String) throws(TLSFileError) -> NIOSSLContext {
         for (path, what) in [(certificatePath, "certificate"), (keyPath, "private key")] where access(path, R_OK) != 0 {
             throw TLSFileError(path: path, what: what, cause: String(cString: strerror(errno)))
@@ -58,7 +58,7 @@ final class TLSContextHolder: Sendable {
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
-        configuration.applicationProtocols = ["http/1.1"]
+        configuration.applicationProtocols = ["h2", "http/1.1"]
         do {
             return try NIOSSLContext(configuration: configuration)
         } catch {
@@ -100,11 +100,11 @@ final class TLSHandshakeTimeout: ChannelInboundHandler, RemovableChannelHandler 
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             timer?.cancel()
             timer = nil
             context.pipeline.syncOperations.removeHandler(self, promise: nil)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 }

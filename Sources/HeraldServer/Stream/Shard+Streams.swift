@@ -19,6 +19,8 @@ extension Shard {
         var direct: Bool
         /// When the subscriber's token expires (seconds since 1970; SPEC §14).
         var expires: Double? = nil
+        /// An HTTP/2 stream: its bytes go out as DATA frames (see ``StreamSink``).
+        var http2 = false
     }
 
     /// Turns the connection of `context` into an event stream, once its response head is
@@ -40,7 +42,7 @@ extension Shard {
         let stream = StreamConnection(
             shard: self, token: request.token, topics: request.topics, filter: request.filter,
             chunked: request.chunked, direct: request.direct, connectedAt: WallClock.millisecondsSince1970(),
-            cursor: deliveredThrough, now: now)
+            cursor: deliveredThrough, now: now, http2: request.http2)
 
         var preamble: [UInt8] = []
         SSEEncoder.appendRetry(milliseconds: request.retryMilliseconds, to: &preamble)
@@ -84,7 +86,9 @@ extension Shard {
         // slow-consumer limit.
         let channel = context.channel
         try context.pipeline.syncOperations.addHandler(stream, position: request.direct ? .first : .last)
-        if let options = channel.syncOptions {
+        // An HTTP/2 stream channel has no options of this kind (it traps): its limit is the
+        // connection's stream configuration, set from the same --max-queued-bytes.
+        if !request.http2, let options = channel.syncOptions {
             let high = max(1, maxQueuedBytes)
             try options.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
         }

@@ -55,8 +55,9 @@ final class StreamConnection: ChannelInboundHandler, RemovableChannelHandler {
     var newer: StreamConnection?
 
     init(shard: Shard, token: String, topics: [String], filter: TopicFilter, chunked: Bool, direct: Bool,
-         connectedAt: Int64, cursor: Int64, now: NIODeadline) {
+         connectedAt: Int64, cursor: Int64, now: NIODeadline, http2: Bool = false) {
         self.shard = shard
+        if http2 { sink.frameForHTTP2() }
         self.direct = direct
         self.token = token
         self.topics = topics

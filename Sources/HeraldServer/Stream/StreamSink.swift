@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHTTP2
 
 /// How a stream's bytes reach its client: the seam between the fan-out (which hands every
 /// stream the same pre-encoded event buffers) and the transport under the stream.
@@ -25,8 +26,16 @@ struct StreamSink {
     private(set) var context: ChannelHandlerContext?
     /// Set on the direct path only.
     private var core: (any ChannelCore)?
+    /// Set on an HTTP/2 stream: its writes are wrapped as DATA frames, and its unsent bytes
+    /// are counted here (an HTTP/2 stream channel cannot say: it traps on the option).
+    private var http2: HTTP2Pending?
 
     init() {}
+
+    /// This stream is an HTTP/2 stream (SPEC §13).
+    mutating func frameForHTTP2() {
+        http2 = HTTP2Pending()
+    }
 
     /// Binds the sink to its handler's context once the handler is in the pipeline.
     mutating func attach(_ context: ChannelHandlerContext, direct: Bool) {
@@ -43,6 +52,8 @@ struct StreamSink {
     func write(_ buffer: ByteBuffer) {
         if let core {
             core.write0(NIOAny(buffer), promise: nil)
+        } else if let http2 {
+            writeFrame(buffer, counter: http2, promise: nil)
         } else {
             context?.write(NIOAny(buffer), promise: nil)
         }
@@ -54,7 +65,24 @@ struct StreamSink {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        context.write(NIOAny(buffer), promise: promise)
+        if let http2 {
+            writeFrame(buffer, counter: http2, promise: promise)
+        } else {
+            context.write(NIOAny(buffer), promise: promise)
+        }
+    }
+
+    /// One DATA frame on an HTTP/2 stream, counted until the stream channel has passed it on.
+    private func writeFrame(_ buffer: ByteBuffer, counter: HTTP2Pending, promise: EventLoopPromise<Void>?, endStream: Bool = false) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        let size = buffer.readableBytes
+        counter.bytes += size
+        let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenComplete { _ in counter.bytes -= size }
+        context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(buffer), endStream: endStream))), promise: written)
     }
 
     @inline(__always)
@@ -69,8 +97,9 @@ struct StreamSink {
     /// False once unsent output is over the channel's high watermark (--max-queued-bytes).
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
-    /// Bytes written but not yet taken by the socket.
+    /// Bytes written but not yet taken by the socket (on HTTP/2: by the stream's window).
     var queuedBytes: Int {
+        if let http2 { return http2.bytes }
         guard let channel = context?.channel, let options = channel.syncOptions else { return 0 }
         return (try? options.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
     }
@@ -78,10 +107,24 @@ struct StreamSink {
     /// Writes `last` (the end of a chunked body, or nothing) after what is queued, then closes.
     func closeAfter(_ last: ByteBuffer) {
         guard let context else { return }
+        if let http2 {
+            // HTTP/2: the stream ends with END_STREAM (a close alone would reset it).
+            let done = context.eventLoop.makePromise(of: Void.self)
+            writeFrame(last, counter: http2, promise: done, endStream: true)
+            context.flush()
+            done.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return
+        }
         context.writeAndFlush(NIOAny(last)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     func close() {
         context?.close(promise: nil)
     }
+}
+
+/// The unsent bytes of one HTTP/2 event stream (a class: write completions update it).
+/// Confined to the stream's event loop, like the sink.
+final class HTTP2Pending: @unchecked Sendable {
+    var bytes = 0
 }
