@@ -46,6 +46,7 @@ struct HeraldBench: AsyncParsableCommand {
     @Option(help: "Publishing connections.") var publishers = 4
     @Option(help: "Seconds to wait after the streams are up before measuring idle memory.") var settle: Double = 2
     @Option(name: .customLong("gap-events"), help: "reconnect: events published while the streams are down.") var gapEvents = 1000
+    @Flag(help: "Connect over TLS (HTTP/1.1 via ALPN; the certificate is not verified: loopback benchmarks only).") var tls = false
     @Option(help: "Write the JSON report here as well as to stdout.") var json: String?
     @Option(help: "A label for the report.") var label = ""
 
@@ -104,7 +105,7 @@ struct HeraldBench: AsyncParsableCommand {
         func plan(first: Int, stride: Int) -> StreamPlan {
             StreamPlan(host: host, port: port, ports: streamPorts, subscribeTemplate: subscribeTemplate, topics: topics, topicNames: names,
                        first: first, stride: stride, total: streams, sourceAddresses: sourceAddresses,
-                       concurrency: max(1, concurrency / processes), threads: threads)
+                       concurrency: max(1, concurrency / processes), threads: threads, tls: tls)
         }
         var groups: [any StreamGroup] = []
         if processes <= 1 {
@@ -158,7 +159,7 @@ struct HeraldBench: AsyncParsableCommand {
         // 2. Publish.
         let publisher = Publisher(
             target: .init(host: host, port: pubPort ?? port, pathTemplate: publishTemplate, headers: parsedHeaders(pubHeaders),
-                          topics: names, payloadBytes: payload),
+                          topics: names, payloadBytes: payload, tls: tls ? try BenchTLS.makeContext() : nil),
             loop: publisherGroup.next())
         try await publisher.connect(count: publishers)
         let cpuBefore = serverStats

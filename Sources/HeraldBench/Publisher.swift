@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// Publishes `<seq> <send-ns> <padding>` bodies at a fixed rate over a few keep-alive
 /// connections (pipelined, with a cap on requests in flight), and records which sequence
@@ -15,6 +16,8 @@ final class Publisher: @unchecked Sendable {
         var headers: [(String, String)]
         var topics: [String]
         var payloadBytes: Int
+        /// TLS client context (`--tls`), or nil for cleartext.
+        var tls: NIOSSLContext? = nil
     }
 
     let target: Target
@@ -37,8 +40,11 @@ final class Publisher: @unchecked Sendable {
             let connection = PublishConnection(publisher: self)
             _ = try await ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(connection) }
+                .channelInitializer { [tls = target.tls] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
+                        try channel.pipeline.syncOperations.addHandler(connection)
+                    }
                 }
                 .connect(host: target.host, port: target.port).get()
             try await loop.submit { self.connections.append(connection) }.get()

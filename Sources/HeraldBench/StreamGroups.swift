@@ -2,6 +2,7 @@ import Foundation
 import Histogram
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// Counters summed over a set of streams.
 struct Totals: Codable, Sendable {
@@ -70,6 +71,8 @@ struct StreamPlan: Codable, Sendable {
     var sourceAddresses: Int
     var concurrency: Int
     var threads: Int
+    /// Speak TLS (HTTP/1.1 inside, no certificate verification: loopback benchmarks only).
+    var tls: Bool = false
 }
 
 /// Streams held by this process.
@@ -80,9 +83,11 @@ final class LocalStreams: StreamGroup, @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     let loopStats: [(any EventLoop, LoopStats)]
     let records: [StreamRecord]
+    let tlsContext: NIOSSLContext?
 
     init(plan: StreamPlan) {
         self.plan = plan
+        self.tlsContext = plan.tls ? try? BenchTLS.makeContext() : nil
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: plan.threads)
         var stats: [(any EventLoop, LoopStats)] = []
         for loop in group.makeIterator() { stats.append((loop, LoopStats())) }
@@ -109,10 +114,14 @@ final class LocalStreams: StreamGroup, @unchecked Sendable {
             }
             request += "\r\n"
             let buffer = ByteBuffer(string: request)
+            let tlsContext = self.tlsContext
             var bootstrap = ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tlsContext {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: nil))
+                        }
                         try channel.pipeline.syncOperations.addHandler(SubscriberHandler(record: record, stats: stats, request: buffer))
                     }
                 }

@@ -341,7 +341,17 @@ final class HTTP2PrefaceSniffer: ChannelInboundHandler, RemovableChannelHandler,
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { context.close(promise: nil) }
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            // Silent (or stalled inside the preface): answered as HTTP/1.1 would answer a
+            // request head that never came, 408, then closed.
+            let problem = Problem(.requestTimeout, "no request arrived within \(self.timeout.nanoseconds / 1_000_000_000) s")
+            let body = problem.json
+            var text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/problem+json\r\n"
+            text += "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+            context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: text))).assumeIsolated().whenComplete { _ in
+                HTTPHandler.lingeringClose(context)
+            }
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
