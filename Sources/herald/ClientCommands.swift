@@ -1,5 +1,6 @@
 import ArgumentParser
 import HeraldClient
+import HeraldCore
 
 #if canImport(Glibc)
 import Glibc
@@ -59,7 +60,7 @@ struct SubCommand: AsyncParsableCommand {
 
     func validate() throws {
         if topics.isEmpty && client == nil && token == nil {
-            throw ValidationError("name at least one topic (or --client TOKEN)")
+            throw ArgumentParser.ValidationError("name at least one topic (or --client TOKEN)")
         }
     }
 
@@ -69,7 +70,7 @@ struct SubCommand: AsyncParsableCommand {
         do {
             client = try HeraldClient(url: url ?? environment("HERALD_URL") ?? defaultURL, token: token)
         } catch {
-            throw ValidationError(error.description)
+            throw ArgumentParser.ValidationError(error.description)
         }
         do {
             for try await message in client.subscribe(topics: topics, client: self.client, lastEventID: lastEventID) {
@@ -101,11 +102,11 @@ struct SubCommand: AsyncParsableCommand {
 
     static func jsonLine(_ event: HeraldClient.Event) -> String {
         var out = "{\"id\":"
-        JSONText.quote(event.id, to: &out)
+        JSON.appendQuoted(event.id, to: &out)
         out += ",\"type\":"
-        if let type = event.type { JSONText.quote(type, to: &out) } else { out += "null" }
+        if let type = event.type { JSON.appendQuoted(type, to: &out) } else { out += "null" }
         out += ",\"data\":"
-        JSONText.quote(event.data, to: &out)
+        JSON.appendQuoted(event.data, to: &out)
         return out + "}"
     }
 }
@@ -133,9 +134,9 @@ struct PubCommand: AsyncParsableCommand {
 
     func validate() throws {
         if ndjson {
-            guard arguments.count <= 1 else { throw ValidationError("with --ndjson, give at most a TOPIC (the data comes from standard input)") }
+            guard arguments.count <= 1 else { throw ArgumentParser.ValidationError("with --ndjson, give at most a TOPIC (the data comes from standard input)") }
         } else {
-            guard (1...2).contains(arguments.count) else { throw ValidationError("give TOPIC and optionally DATA (else standard input is the data)") }
+            guard (1...2).contains(arguments.count) else { throw ArgumentParser.ValidationError("give TOPIC and optionally DATA (else standard input is the data)") }
         }
     }
 
@@ -145,7 +146,7 @@ struct PubCommand: AsyncParsableCommand {
             client = try HeraldClient(url: url ?? environment("HERALD_URL") ?? defaultURL,
                                       publishKey: key ?? environment("HERALD_PUBLISH_KEY").flatMap { $0.split(separator: ",").first.map(String.init) })
         } catch {
-            throw ValidationError(error.description)
+            throw ArgumentParser.ValidationError(error.description)
         }
         let topics = Array(arguments.prefix(1)) + extraTopics
         do {
@@ -263,29 +264,5 @@ private extension String {
             if character == "\n" || character == "\r\n" || character == "\r" { out += "\\n" } else { out.append(character) }
         }
         return out
-    }
-}
-
-/// JSON string quoting for the CLI's `--json` lines.
-enum JSONText {
-    static func quote(_ text: String, to out: inout String) {
-        out += "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        out += "\""
     }
 }
