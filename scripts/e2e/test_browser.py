@@ -180,3 +180,27 @@ def test_twelve_eventsources_to_one_origin_over_https_and_http2(browser, tmp_pat
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_demo_page_over_https(browser, tmp_path):
+    """The demo page works over HTTPS (and HTTP/2): quotes tick."""
+    import subprocess
+    from conftest import ROOT, free_port, herald_binary
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    port = free_port()
+    process = subprocess.Popen([herald_binary(), "--host", "127.0.0.1", "--port", str(port), "--public", f"{ROOT}/public",
+                                "--tls-cert", str(cert), "--tls-key", str(key), "--demo", "--log-level", "warning"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().startswith("listening on https://")
+        browser.get(f"https://127.0.0.1:{port}/")
+        first = wait_for(lambda: (lambda b: b if len(b) >= 6 else None)(board(browser)), what="the board to fill over https")
+        wait_for(lambda: board(browser) != first, timeout=15, what="a price to change over https")
+        assert browser.find_element("id", "badge").text.lower().startswith("live")
+        assert browser.execute_script("return performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
