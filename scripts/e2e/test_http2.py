@@ -303,3 +303,20 @@ def test_graceful_shutdown_sends_goaway_then_ends_the_streams():
         client.close()
     finally:
         herald.stop()
+
+
+def test_an_idle_connection_is_closed_but_one_with_a_stream_is_not(h2c):
+    idle = Client(h2c.port)       # preface and SETTINGS, then nothing
+    busy = Client(h2c.port)
+    stream = busy.request("/events?topic=idle", headers=[("accept", "text/event-stream")])
+    busy.until(lambda: b"herald.hello" in busy.data[stream], what="hello")
+    start = time.time()
+    while time.time() - start < 13 and not idle.terminated:
+        idle.pump(0.5)
+        busy.pump(0.01)
+    assert idle.terminated, "an HTTP/2 connection without streams was not closed"
+    assert 9 <= time.time() - start <= 13
+    event_id = publish(h2c, "idle", "still here")
+    busy.until(lambda: f"id: {event_id}".encode() in busy.data[stream], what="the event on the long-lived stream")
+    idle.close()
+    busy.close()

@@ -29,8 +29,10 @@ enum HTTP2Setup {
         stream.outboundBufferSizeHighWatermark = max(1, configuration.maxQueuedBytes)
         stream.outboundBufferSizeLowWatermark = max(1, configuration.maxQueuedBytes / 2)
         let peerIsLoopback = PeerAddress.isLoopback(channel.remoteAddress)
+        let idle = IdleConnectionGuard(channel: channel, timeout: configuration.requestHeadTimeout)
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: connection, streamConfiguration: stream, position: position
+            mode: .server, connectionConfiguration: connection, streamConfiguration: stream, streamDelegate: idle,
+            position: position
         ) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 try streamChannel.pipeline.syncOperations.addHandler(
@@ -50,6 +52,39 @@ enum HTTP2Setup {
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             logger.debug("HTTP/2 connection error", metadata: ["error": "\(error)"])
             context.fireErrorCaught(error)
+        }
+    }
+
+    /// Closes an HTTP/2 connection that has had no open stream for the request-head timeout,
+    /// as an idle HTTP/1.1 keep-alive connection is closed: holding a connection open without
+    /// asking for anything costs the server a descriptor, so it is not free for a client.
+    final class IdleConnectionGuard: NIOHTTP2StreamDelegate, @unchecked Sendable {
+        // @unchecked Sendable: every callback runs on the connection's event loop.
+        private let channel: any Channel
+        private let timeout: TimeAmount
+        private var open = 0
+        private var timer: Scheduled<Void>?
+
+        init(channel: any Channel, timeout: TimeAmount) {
+            self.channel = channel
+            self.timeout = timeout
+            arm()
+        }
+
+        private func arm() {
+            let channel = self.channel
+            timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        }
+
+        func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
+            open += 1
+            timer?.cancel()
+            timer = nil
+        }
+
+        func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
+            open -= 1
+            if open == 0 { arm() }
         }
     }
 
