@@ -320,3 +320,25 @@ def test_an_idle_connection_is_closed_but_one_with_a_stream_is_not(h2c):
     busy.until(lambda: f"id: {event_id}".encode() in busy.data[stream], what="the event on the long-lived stream")
     idle.close()
     busy.close()
+
+
+def test_a_large_static_file_over_h2c(tmp_path):
+    """Files over 1 MiB are streamed from disk in slices, paced by HTTP/2 flow control."""
+    public = tmp_path / "public"
+    public.mkdir()
+    payload = os.urandom(3 * 1024 * 1024 + 123)
+    (public / "big.bin").write_bytes(payload)
+    (public / "index.html").write_text("<html></html>")
+    herald = Herald("--public", str(public)).start()
+    try:
+        client = Client(herald.port)
+        stream = client.request("/big.bin")
+        head = client.request("/big.bin", method="HEAD")
+        client.until(lambda: {stream, head} <= client.ended, timeout=20, what="the file and the HEAD answer")
+        assert client.headers[stream][":status"] == "200"
+        assert client.headers[stream]["content-length"] == str(len(payload))
+        assert client.data[stream] == payload
+        assert client.headers[head]["content-length"] == str(len(payload)) and client.data[head] == b""
+        client.close()
+    finally:
+        herald.stop()
