@@ -6,6 +6,7 @@ import Glibc
 import HeraldCore
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 /// Static files under `--public` (SPEC §5): safe path mapping, content types, validators,
 /// and gzip for compressible types. Files are read on a thread pool, never on an event loop.
@@ -179,5 +180,58 @@ final class FileSlices: Sendable {
 
     func close() {
         _ = Glibc.close(descriptor)
+    }
+}
+
+extension FileSlices {
+    /// Slice size for files streamed from disk.
+    static let sliceBytes = 64 * 1024
+    /// A download whose client takes no slice for this long is closed.
+    static let stallTimeout: TimeAmount = .seconds(60)
+
+    /// Sends `size` bytes of the file from `offset` on, one slice read on the file thread
+    /// pool at a time and the next only once the transport has taken the last, so a
+    /// download holds one slice of memory however large the file and however slow the
+    /// client (SPEC §16). Shared by HTTP/1.1 and HTTP/2; each says how a slice is written.
+    /// Closes the file when done. A client that takes nothing for ``stallTimeout`` is closed.
+    /// - Parameters:
+    ///   - write: writes a slice (`last` marks the final one) and returns when it was taken.
+    ///   - finished: the whole file was written.
+    ///   - failed: unreadable, shrunk under us, or the client left: the promised length can
+    ///     no longer be met, so the transport ends the response.
+    func send(
+        from offset: Int, size: Int, pool: NIOThreadPool, context: ChannelHandlerContext, allocator: ByteBufferAllocator,
+        write: @escaping (ByteBuffer, _ last: Bool) -> EventLoopFuture<Void>, finished: @escaping () -> Void,
+        failed: @escaping () -> Void
+    ) {
+        let length = min(Self.sliceBytes, size - offset)
+        pool.runIfActive(eventLoop: context.eventLoop) {
+            try self.read(at: offset, length: length, allocator: allocator)
+        }.assumeIsolated().whenComplete { result in
+            guard case .success(let slice) = result, slice.readableBytes == length, context.channel.isActive else {
+                pool.submit { _ in self.close() }
+                failed()
+                return
+            }
+            let next = offset + length
+            let written = write(slice, next >= size)
+            if next >= size {
+                pool.submit { _ in self.close() }
+                finished()
+                return
+            }
+            let stalled = context.eventLoop.assumeIsolated().scheduleTask(in: Self.stallTimeout) {
+                context.close(promise: nil)
+            }
+            written.assumeIsolated().whenComplete { outcome in
+                stalled.cancel()
+                guard case .success = outcome else {
+                    pool.submit { _ in self.close() }
+                    return
+                }
+                self.send(from: next, size: size, pool: pool, context: context, allocator: allocator,
+                          write: write, finished: finished, failed: failed)
+            }
+        }
     }
 }

@@ -291,37 +291,16 @@ final class HTTP2StreamHandler: ChannelInboundHandler, RemovableChannelHandler {
                 pool.submit { _ in file.close() }
                 return
             }
-            self.sendSlice(of: file, offset: 0, size: entry.size, allocator: allocator, context: context)
+            file.send(
+                from: 0, size: entry.size, pool: pool, context: context, allocator: allocator,
+                write: { slice, last in
+                    context.writeAndFlush(self.wrapOutboundOut(.data(.init(data: .byteBuffer(slice), endStream: last))))
+                },
+                finished: {},
+                failed: { context.close(promise: nil) }) // RST_STREAM: the promised length cannot be met
         }
     }
 
-    private func sendSlice(of file: FileSlices, offset: Int, size: Int, allocator: ByteBufferAllocator, context: ChannelHandlerContext) {
-        let pool = server.fileThreadPool
-        let length = min(HTTPHandler.fileSliceBytes, size - offset)
-        pool.runIfActive(eventLoop: context.eventLoop) {
-            try file.read(at: offset, length: length, allocator: allocator)
-        }.assumeIsolated().whenComplete { result in
-            guard case .success(let slice) = result, slice.readableBytes == length, context.channel.isActive else {
-                pool.submit { _ in file.close() }
-                context.close(promise: nil) // RST_STREAM: the promised length can no longer be met
-                return
-            }
-            let next = offset + length
-            let last = next >= size
-            let written = context.writeAndFlush(self.wrapOutboundOut(.data(.init(data: .byteBuffer(slice), endStream: last))))
-            if last {
-                pool.submit { _ in file.close() }
-                return
-            }
-            written.assumeIsolated().whenComplete { outcome in
-                guard case .success = outcome else {
-                    pool.submit { _ in file.close() }
-                    return
-                }
-                self.sendSlice(of: file, offset: next, size: size, allocator: allocator, context: context)
-            }
-        }
-    }
 
     /// Turns this HTTP/2 stream into an event stream: HEADERS now, then the shard writes the
     /// events as DATA frames through the stream channel (no chunked framing: HTTP/2 frames
