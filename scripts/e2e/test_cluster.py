@@ -124,7 +124,13 @@ class Node:
         for path in (self.out_path, self.err_path):
             try:
                 with open(path, errors="replace") as f:
-                    text += f"--- {os.path.basename(path)}\n" + "".join(f.readlines()[-lines:])
+                    all_lines = f.readlines()
+                # A crash's backtrace is long: its cause and the Herald frames come first.
+                crash = [line for line in all_lines
+                         if "Fatal error" in line or "Crash" in line or "/Sources/Herald" in line][:20]
+                if crash:
+                    text += f"--- {os.path.basename(path)} (crash)\n" + "".join(crash)
+                text += f"--- {os.path.basename(path)}\n" + "".join(all_lines[-lines:])
             except OSError:
                 pass
         return text
