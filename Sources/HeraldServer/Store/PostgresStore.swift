@@ -554,7 +554,11 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             waiters.append(Waiter(through: id, promise: promise))
             return false
         }
-        if done { return loop.makeSucceededVoidFuture() }
+        if done {
+            // Completed here: NIO traps (in debug builds) on a promise dropped unfulfilled.
+            promise.succeed()
+            return promise.futureResult
+        }
         fetchContinuation.yield()
         loop.scheduleTask(in: timeout) {
             // Still waiting (not completed by a delivery or by close): give up; the caller then
