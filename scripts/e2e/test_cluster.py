@@ -338,7 +338,8 @@ class Stream:
                 if remaining <= 0:
                     raise AssertionError(f"stream {self.name}{self.path}: timed out after {timeout} s waiting for "
                                          f"{what}; {len(self.events)} events, closed={self.closed_at is not None}, "
-                                         f"last: {self.events[-3:]}")
+                                         f"last: {self.events[-3:]}, last comment "
+                                         f"{time.time() - self.comments[-1][0] if self.comments else -1:.1f} s ago")
                 self.condition.wait(min(remaining, 0.2))
 
     def hello(self, timeout=10):

@@ -92,16 +92,29 @@ final class PostgresLink: @unchecked Sendable {
         case .wait(let task):
             do {
                 let connection = try await task.value
-                let keep: Bool = lock.withLock {
-                    if case .shutDown = state { return false }
-                    state = .connected(connection)
-                    return true
+                enum Outcome { case keep, closed, superseded(PostgresConnection) }
+                let outcome: Outcome = lock.withLock {
+                    switch state {
+                    case .shutDown:
+                        return .closed
+                    case .connected(let other) where !other.isClosed:
+                        // A connect that was given up on (``drop()``) finished after a newer one.
+                        return .superseded(other)
+                    default:
+                        state = .connected(connection)
+                        return .keep
+                    }
                 }
-                if !keep {
+                switch outcome {
+                case .keep:
+                    return connection
+                case .closed:
                     try? await connection.close()
                     throw StoreError("the store is closed")
+                case .superseded(let other):
+                    try? await connection.close()
+                    return other
                 }
-                return connection
             } catch {
                 lock.withLock {
                     if case .connecting = state { state = .failed(at: .now(), reason: Self.explain(error)) }
@@ -109,6 +122,66 @@ final class PostgresLink: @unchecked Sendable {
                 throw error
             }
         }
+    }
+
+    /// Runs `body` on this link's connection, bounded in time: a database that accepts a
+    /// connection and then never answers, or a client-library wait that is never resumed (a
+    /// lost notification listener, a query queued behind it), must not stall the node's
+    /// delivery or its publishers for good. After `limit` the connection is dropped (the next
+    /// caller gets a new one), `body` is left to finish or fail on the closed connection, and
+    /// the caller gets an error as for any failed query. A failure inside `body` drops the
+    /// connection when it is closed (``reset(after:)``).
+    func run<T: Sendable>(limit: TimeAmount, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let outcome = loop.makePromise(of: T.self)
+        let task = Task {
+            do {
+                let connection = try await self.connection()
+                do {
+                    outcome.succeed(try await body(connection))
+                } catch {
+                    self.reset(after: error)
+                    outcome.fail(error)
+                }
+            } catch {
+                outcome.fail(error)
+            }
+        }
+        let timedOut = QueryTimedOut(link: name, limit: limit)
+        // Whichever completes the promise first wins; NIO ignores the later completion.
+        let deadline = loop.scheduleTask(in: limit) { outcome.fail(timedOut) }
+        do {
+            let value = try await outcome.futureResult.get()
+            deadline.cancel()
+            return value
+        } catch let error as QueryTimedOut {
+            task.cancel()
+            drop()
+            throw error
+        } catch {
+            deadline.cancel()
+            throw error
+        }
+    }
+
+    /// Forgets the current connection, whatever its state, and closes it.
+    func drop() {
+        let stale: PostgresConnection? = lock.withLock {
+            switch state {
+            case .connected(let connection):
+                state = .idle
+                return connection
+            case .connecting:
+                // A connect that hangs (a server that accepts and never answers) is not
+                // waited for again; if it ever completes, the connection is kept or closed
+                // then (see ``connection()``).
+                state = .idle
+                return nil
+            default:
+                return nil
+            }
+        }
+        if let stale { stale.close().whenComplete { _ in } }
     }
 
     /// After a failed query: drops the connection if it is broken (with no error: always),
@@ -145,5 +218,14 @@ final class PostgresLink: @unchecked Sendable {
             return text
         }
         return String(describing: error)
+    }
+}
+
+/// A query on a ``PostgresLink`` that did not finish in time (the connection was dropped).
+struct QueryTimedOut: Error, CustomStringConvertible {
+    var link: String
+    var limit: TimeAmount
+    var description: String {
+        "the \(link) connection did not answer within \(limit.nanoseconds / 1_000_000) ms; it was dropped and will be reopened"
     }
 }

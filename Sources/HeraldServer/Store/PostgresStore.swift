@@ -35,6 +35,12 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     static let maxGroupBytes = 8 << 20
     /// Rows deleted per retention step.
     static let pruneSlice = 5000
+    /// How long a query may take before its connection is given up on (``PostgresLink/run``):
+    /// far above what a healthy database needs (milliseconds), short enough that a hung
+    /// connection does not stall delivery, publishers or the directory for long.
+    static let writeLimit = TimeAmount.seconds(30)
+    static let readLimit = TimeAmount.seconds(10)
+    static let controlLimit = TimeAmount.seconds(10)
 
     let location: PostgresLocation
     private let historyLimit: Int
@@ -47,10 +53,15 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     /// This process in the cluster's directory: random, so a restarted node is a new one.
     let nodeID: String
 
+    // One connection per purpose, so that none waits behind another's queries: appends;
+    // LISTEN; reading what other nodes committed; history for resumes; presence and the
+    // directory; retention (a transaction of its own).
     private let writer: PostgresLink
     private let listener: PostgresLink
+    private let fetcher: PostgresLink
     private let reader: PostgresLink
     private let control: PostgresLink
+    private let retention: PostgresLink
 
     private let writerWakeups: AsyncStream<Void>
     private let writerContinuation: AsyncStream<Void>.Continuation
@@ -68,6 +79,7 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     struct Waiter {
         var through: Int64
         var promise: EventLoopPromise<Void>
+        var since = NIODeadline.now()
     }
 
     // Guarded by `lock`.
@@ -100,8 +112,10 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         let connector = PostgresConnector(location: location, logger: logger)
         writer = PostgresLink(name: "writer", connector: connector)
         listener = PostgresLink(name: "listener", connector: connector)
+        fetcher = PostgresLink(name: "fetcher", connector: connector)
         reader = PostgresLink(name: "reader", connector: connector)
         control = PostgresLink(name: "control", connector: connector)
+        retention = PostgresLink(name: "retention", connector: connector)
         (writerWakeups, writerContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (fetchWakeups, fetchContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
@@ -318,11 +332,14 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         }
         var answers: [(ids: [Int64], repeated: Bool)] = Array(repeating: ([], false), count: group.count)
         do {
-            let connection = try await writer.connection()
-            let rows = try await connection.query("""
-                SELECT o_batch, o_ids, o_repeated FROM herald_append(\(sizes), \(keys), \(clears), \(topics), \(clients), \
-                \(types), \(data), \(flags), \(unsafeIDs))
-                """, logger: logger).collect()
+            let logger = self.logger, unsafeIDs = self.unsafeIDs
+            let (sizes, keys, clears, topics, clients, types, data, flags) = (sizes, keys, clears, topics, clients, types, data, flags)
+            let rows = try await writer.run(limit: Self.writeLimit) { connection in
+                try await connection.query("""
+                    SELECT o_batch, o_ids, o_repeated FROM herald_append(\(sizes), \(keys), \(clears), \(topics), \(clients), \
+                    \(types), \(data), \(flags), \(unsafeIDs))
+                    """, logger: logger).collect()
+            }
             for row in rows {
                 let (batch, ids, repeated) = try row.decode((Int32, [Int64], Bool).self)
                 guard batch >= 1, Int(batch) <= group.count else { throw StoreError("herald_append answered batch \(batch)") }
@@ -330,7 +347,6 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             }
             lock.withLock { writerHealthy = true }
         } catch {
-            writer.reset(after: error)
             // Logged once per outage at error level; further refusals while it lasts quietly.
             let first = lock.withLock { () -> Bool in
                 defer { writerHealthy = false }
@@ -421,20 +437,33 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         var backoff: UInt64 = 100_000_000
         var outage = false
         while !lock.withLock({ closed }) {
+            let started = ManagedFlag()
             do {
                 let connection = try await listener.connection()
-                try await connection.listen(on: PostgresSchema.channel) { notifications in
-                    lock.withLock { listening = true }
-                    if outage { logger.notice("cluster listener reconnected; catching up", metadata: ["herald.store": "\(location)"]) }
-                    outage = false
-                    backoff = 100_000_000
-                    // Anything committed while no one listened is read now.
-                    fetchContinuation.yield()
-                    for try await notification in notifications {
-                        handle(notification.payload)
+                let wasOutage = outage
+                try await watched(connection) {
+                    try await connection.listen(on: PostgresSchema.channel) { notifications in
+                        _ = started.set()
+                        self.lock.withLock { self.listening = true }
+                        if wasOutage {
+                            self.logger.notice("cluster listener reconnected; catching up", metadata: ["herald.store": "\(self.location)"])
+                        }
+                        // Anything committed while no one listened is read now.
+                        self.fetchContinuation.yield()
+                        for try await notification in notifications {
+                            self.handle(notification.payload)
+                        }
                     }
                 }
+                if started.isSet { outage = false; backoff = 100_000_000 }
             } catch {
+                if error is ListenAbandoned { listener.drop() }
+                if started.isSet {
+                    // The session had been listening: this is a new outage, and the retries
+                    // start over from the shortest back-off.
+                    outage = false
+                    backoff = 100_000_000
+                }
                 // Logged once per outage (then retried quietly, at most every 2 s).
                 if !outage && !lock.withLock({ closed }) {
                     logger.warning("cluster listener lost its database connection; other nodes' events wait until it is back",
@@ -448,6 +477,38 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             backoff = min(backoff * 2, 2_000_000_000)
         }
     }
+
+    /// Runs a LISTEN session, and gives up on it when its connection has been closed for a
+    /// second or more without the session ending: the client library must not be able to
+    /// keep this node deaf (and `/health` green) with a wait it never resumes.
+    private func watched(_ connection: PostgresConnection, _ session: @escaping @Sendable () async throws -> Void) async throws {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let outcome = loop.makePromise(of: Void.self)
+        let task = Task {
+            do {
+                try await session()
+                outcome.succeed()
+            } catch {
+                outcome.fail(error)
+            }
+        }
+        var closedChecks = 0
+        let watchdog = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .milliseconds(500)) { _ in
+            closedChecks = connection.isClosed ? closedChecks + 1 : 0
+            if closedChecks >= 2 { outcome.fail(ListenAbandoned()) }
+        }
+        defer { watchdog.cancel() }
+        do {
+            try await outcome.futureResult.get()
+        } catch let error as ListenAbandoned {
+            task.cancel()
+            logger.warning("cluster listener's session outlived its connection; abandoned it and listening anew",
+                           metadata: ["herald.store": "\(location)"])
+            throw error
+        }
+    }
+
+    private struct ListenAbandoned: Error {}
 
     private func handle(_ payload: String) {
         guard let kind = payload.first else { return }
@@ -486,16 +547,21 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         let after = lock.withLock { delivered }
         let rows: [PostgresRow]
         do {
-            let connection = try await listener.connection()
-            rows = try await connection.query("""
-                WITH f AS (SELECT value FROM herald_meta WHERE name = 'floor')
-                SELECT f.value, e.id, e.topics, e.client, e.type, e.data, e.created, e.flags
-                FROM f LEFT JOIN LATERAL (
-                    SELECT * FROM herald_events WHERE id > \(after) ORDER BY id LIMIT \(Int64(Self.fetchLimit))) e ON true
-                ORDER BY e.id
-                """, logger: logger).collect()
+            let logger = self.logger
+            rows = try await fetcher.run(limit: Self.readLimit) { connection in
+                try await connection.query("""
+                    WITH f AS (SELECT value FROM herald_meta WHERE name = 'floor')
+                    SELECT f.value, e.id, e.topics, e.client, e.type, e.data, e.created, e.flags
+                    FROM f LEFT JOIN LATERAL (
+                        SELECT * FROM herald_events WHERE id > \(after) ORDER BY id LIMIT \(Int64(Self.fetchLimit))) e ON true
+                    ORDER BY e.id
+                    """, logger: logger).collect()
+            }
         } catch {
-            logger.debug("cluster read failed; retrying after reconnecting", metadata: ["error": "\(PostgresLink.explain(error))"])
+            // A timed-out read is worth a warning (it should not happen); a failed one is an
+            // outage, which the listener and the writer already report.
+            logger.log(level: error is QueryTimedOut ? .warning : .debug, "cluster read failed; retrying after reconnecting",
+                       metadata: ["error": "\(PostgresLink.explain(error))", "herald.store": "\(location)"])
             return false
         }
         var storeFloor: Int64 = 0
@@ -577,23 +643,19 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
 
     func events(after: Int64, through: Int64, limit: Int) -> EventLoopFuture<[StoredEvent]> {
         let promise = loop.makePromise(of: [StoredEvent].self)
+        let logger = self.logger
         promise.completeWithTask {
-            let connection = try await self.reader.connection()
-            let rows: [PostgresRow]
-            do {
-                // The floor is read in the same snapshot as the rows: a pruner moves the floor
-                // (and commits) before it deletes, so either the rows are here or the floor
-                // says they are gone, never an unnoticed hole.
-                rows = try await connection.query("""
+            // The floor is read in the same snapshot as the rows: a pruner moves the floor
+            // (and commits) before it deletes, so either the rows are here or the floor says
+            // they are gone, never an unnoticed hole.
+            let rows = try await self.reader.run(limit: Self.readLimit) { connection in
+                try await connection.query("""
                     WITH f AS (SELECT value FROM herald_meta WHERE name = 'floor')
                     SELECT f.value, e.id, e.topics, e.client, e.type, e.data, e.created, e.flags
                     FROM f LEFT JOIN LATERAL (
                         SELECT * FROM herald_events WHERE id > \(after) AND id <= \(through) ORDER BY id LIMIT \(Int64(limit))) e ON true
                     ORDER BY e.id
-                    """, logger: self.logger).collect()
-            } catch {
-                self.reader.reset(after: error)
-                throw error
+                    """, logger: logger).collect()
             }
             var events: [StoredEvent] = []
             for row in rows {
@@ -632,12 +694,35 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     /// gone from `/clients`.
     private func tickLoop() async {
         var tick = 0
+        var stallReported = false
         while !lock.withLock({ closed }) {
             await pause(nanoseconds: 500_000_000)
             tick += 1
             await publishPresence(heartbeat: true, refreshValues: tick % 4 == 0)
-            if tick % 2 == 0 { fetchContinuation.yield() }
+            if tick % 2 == 0 {
+                fetchContinuation.yield()
+                reportStall(&stallReported)
+            }
         }
+    }
+
+    /// Says so (once per episode) when a local publish has waited more than 5 s for its
+    /// delivery here: its publisher is still waiting, and this node's streams are behind.
+    private func reportStall(_ reported: inout Bool) {
+        let state: (age: Int64, delivered: Int64, through: Int64, count: Int)? = lock.withLock {
+            guard let oldest = waiters.min(by: { $0.since < $1.since }) else { return nil }
+            return ((NIODeadline.now() - oldest.since).nanoseconds / 1_000_000, delivered, oldest.through, waiters.count)
+        }
+        guard let state, state.age > 5_000 else {
+            reported = false
+            return
+        }
+        guard !reported else { return }
+        reported = true
+        logger.warning("cluster delivery is behind: a publish committed here has waited for its delivery", metadata: [
+            "herald.waited_ms": "\(state.age)", "herald.delivered": "\(state.delivered)", "herald.waiting_for": "\(state.through)",
+            "herald.waiters": "\(state.count)", "herald.listening": "\(lock.withLock { listening })",
+        ])
     }
 
     private let retentionRequested = ManagedFlag()
@@ -655,7 +740,15 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     private func pruneStep() async -> Bool {
         guard !lock.withLock({ closed }) else { return false }
         do {
-            let connection = try await control.connection()
+            return try await retention.run(limit: Self.writeLimit) { connection in try await self.prune(on: connection) }
+        } catch {
+            logger.debug("retention pass failed; will retry", metadata: ["error": "\(PostgresLink.explain(error))"])
+            return false
+        }
+    }
+
+    private func prune(on connection: PostgresConnection) async throws -> Bool {
+        do {
             var moved = false
             var newFloor: Int64 = 0
             _ = try await connection.query("BEGIN", logger: logger).collect()
@@ -712,10 +805,6 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             _ = try await connection.query("DELETE FROM herald_events WHERE id <= \(newFloor)", logger: logger).collect()
             _ = try await connection.query("DELETE FROM herald_idempotency WHERE newest <= \(newFloor)", logger: logger).collect()
             return moved
-        } catch {
-            control.reset(after: error)
-            logger.debug("retention pass failed; will retry", metadata: ["error": "\(PostgresLink.explain(error))"])
-            return false
         }
     }
 
@@ -742,21 +831,24 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         }
         guard changed || heartbeat else { return }
         do {
-            let connection = try await control.connection()
+            let logger = self.logger, nodeID = self.nodeID
             if changed {
                 let list = Array(current.values)
-                _ = try await connection.query("""
-                    SELECT herald_presence_put(\(nodeID), \(list.map(\.token)), \(list.map { Int32(clamping: $0.connections) }), \
-                    \(list.map { $0.topics.joined(separator: "\n") }), \(list.map(\.connectedAt)), \(list.map { $0.lastEventID ?? -1 }), \
-                    \(list.map { Int64($0.queuedBytes) }))
-                    """, logger: logger).collect()
+                _ = try await control.run(limit: Self.controlLimit) { connection in
+                    try await connection.query("""
+                        SELECT herald_presence_put(\(nodeID), \(list.map(\.token)), \(list.map { Int32(clamping: $0.connections) }), \
+                        \(list.map { $0.topics.joined(separator: "\n") }), \(list.map(\.connectedAt)), \(list.map { $0.lastEventID ?? -1 }), \
+                        \(list.map { Int64($0.queuedBytes) }))
+                        """, logger: logger).collect()
+                }
                 lock.withLock { publishedPresence = current }
             } else {
-                _ = try await connection.query("SELECT herald_presence_put(\(nodeID), NULL, NULL, NULL, NULL, NULL, NULL)", logger: logger).collect()
+                _ = try await control.run(limit: Self.controlLimit) { connection in
+                    try await connection.query("SELECT herald_presence_put(\(nodeID), NULL, NULL, NULL, NULL, NULL, NULL)", logger: logger).collect()
+                }
             }
             lock.withLock { writerHealthy = true }
         } catch {
-            control.reset(after: error)
             lock.withLock {
                 publishedPresence = [:] // republish everything once the database is back
                 if heartbeat { writerHealthy = false }
@@ -765,19 +857,14 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     }
 
     func remoteClients(token: String?) async throws -> [ClientSummary] {
-        let connection = try await control.connection()
-        let rows: [PostgresRow]
-        do {
-            let filter = token ?? ""
-            rows = try await connection.query("""
+        let filter = token ?? "", logger = self.logger, nodeID = self.nodeID
+        let rows = try await control.run(limit: Self.controlLimit) { connection in
+            try await connection.query("""
                 SELECT p.client, p.connections, p.topics, p.connected_at, p.last_event_id, p.queued_bytes
                 FROM herald_presence p JOIN herald_nodes n ON n.node = p.node
                 WHERE p.node <> \(nodeID) AND n.seen > now() - interval '2 seconds'
                   AND (\(filter) = '' OR p.client = \(filter))
                 """, logger: logger).collect()
-        } catch {
-            control.reset(after: error)
-            throw error
         }
         return try rows.map { row in
             let (client, connections, topics, connectedAt, lastEventID, queued) =
@@ -788,12 +875,9 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
     }
 
     func closeEverywhere(token: String) async throws {
-        let connection = try await control.connection()
-        do {
-            _ = try await connection.query("SELECT pg_notify('herald', 'c' || \(token))", logger: logger).collect()
-        } catch {
-            control.reset(after: error)
-            throw error
+        let logger = self.logger
+        _ = try await control.run(limit: Self.controlLimit) { connection in
+            try await connection.query("SELECT pg_notify('herald', 'c' || \(token))", logger: logger).collect()
         }
     }
 
@@ -830,8 +914,10 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
             _ = try? await connection.query("DELETE FROM herald_nodes WHERE node = \(nodeID)", logger: logger).collect()
         }
         await writer.shutdown()
+        await fetcher.shutdown()
         await reader.shutdown()
         await control.shutdown()
+        await retention.shutdown()
     }
 }
 
@@ -841,4 +927,5 @@ private struct ManagedFlag: @unchecked Sendable {
     /// Sets the flag; false when it was set already.
     func set() -> Bool { storage.withLockedValue { value in defer { value = true }; return !value } }
     func clear() { storage.withLockedValue { $0 = false } }
+    var isSet: Bool { storage.withLockedValue { $0 } }
 }
