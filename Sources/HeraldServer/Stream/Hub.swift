@@ -26,6 +26,9 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
     /// Where the store's history starts (ids up to it are gone), when the store keeps more
     /// history than the ring; otherwise the history is the ring and starts at its eviction.
     private var storeFloor: Int64 = 0
+    /// What each shard's streams and polls want, by ``Shard/slot``: a publish wakes only the
+    /// shards that want one of its events (see ``ShardInterest``).
+    private var interests: [ShardInterest] = []
 
     /// Where events are kept and ids come from; set at init, never changed.
     let store: any EventStore
@@ -65,6 +68,7 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
                 logs = KeyedLog()
             }
             storeFloor = snapshot.floor
+            for slot in interests.indices { interests[slot].pulledThrough = ring.newestID }
             retained = RetainedSet(limit: retained.limit)
             for (topic, event) in snapshot.retained { retained.retain(event, topics: [topic]) }
             idempotency = IdempotencyWindow(restoring: snapshot.idempotency)
@@ -85,7 +89,9 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
 
     func installShards(_ shards: [Shard]) {
         precondition(self.shards.isEmpty)
+        for (slot, shard) in shards.enumerated() { shard.slot = slot }
         self.shards = shards
+        lock.withLock { interests = Array(repeating: ShardInterest(pulledThrough: ring.newestID), count: shards.count) }
     }
 
     func shard(for loop: any EventLoop) -> Shard {
@@ -164,16 +170,21 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
         idempotency.forget(through: floorLocked)
     }
 
-    private func announce(count: Int) {
-        metrics.eventsPublished.increment(by: Int64(count))
-        for shard in shards { shard.scheduleDelivery() }
-    }
-
     /// ``CommittedEventSink``: the store committed these batches (in id order), here or on
     /// another node: subscribers may see them now.
+    ///
+    /// Only the shards that want one of the new events are woken (one `execute`, which costs
+    /// a sleeping loop an eventfd write and a context switch); the others' positions move past
+    /// the events under the lock, so a shard that nobody on it subscribes to sleeps through a
+    /// stream of publishes to other topics, and is not taken for having fallen behind when the
+    /// ring later evicts them. Measured at 10 000 topics × 1 subscriber, 1000 single-event
+    /// publishes/s, two loops: every publish woke both loops before.
     func committed(_ batches: [CommittedBatch]) {
         var count = 0
+        var wake: [Shard] = []
         lock.withLock {
+            let before = ring.newestID
+            var events: [StoredEvent] = []
             for batch in batches {
                 if let topic = batch.clearRetained {
                     retained.remove(topic: topic)
@@ -181,9 +192,28 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
                 }
                 makeVisibleLocked(batch.events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)
                 count += batch.events.count
+                events.append(contentsOf: batch.events)
+            }
+            guard count > 0 else { return }
+            let newest = ring.newestID
+            for slot in interests.indices {
+                if interests[slot].wakePending { continue } // it will pull these too
+                if interests[slot].wants(events) {
+                    interests[slot].wakePending = true
+                    wake.append(shards[slot])
+                } else if interests[slot].pulledThrough == before {
+                    interests[slot].pulledThrough = newest
+                }
             }
         }
-        if count > 0 { announce(count: count) }
+        guard count > 0 else { return }
+        metrics.eventsPublished.increment(by: Int64(count))
+        for shard in wake { shard.scheduleDelivery() }
+    }
+
+    /// A stream or poll on shard `slot` stopped wanting what `interest` describes.
+    func release(_ interest: ShardInterest.Registration, slot: Int) {
+        lock.withLock { interests[slot].remove(interest) }
     }
 
     /// `DELETE /events?topic=T` (SPEC §16): clears T's retained event through the store (in
@@ -234,9 +264,19 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
         var missed: Bool
     }
 
-    /// Everything published after `position`, for a shard's live delivery.
-    func events(after position: Int64) -> Pending {
-        lock.withLock { pendingLocked(after: position) }
+    /// Everything published after `position` that shard `slot` may want, for its live
+    /// delivery.
+    func events(after position: Int64, slot: Int) -> Pending {
+        lock.withLock { pulledLocked(after: position, slot: slot) }
+    }
+
+    /// A shard's pull: it starts after the newer of its own position and what it was let
+    /// skip (events published while nothing on it wanted them), and it is up to date after.
+    private func pulledLocked(after position: Int64, slot: Int) -> Pending {
+        let from = max(position, interests[slot].pulledThrough)
+        interests[slot].pulledThrough = ring.newestID
+        interests[slot].wakePending = false
+        return pendingLocked(after: from)
     }
 
     private func pendingLocked(after position: Int64) -> Pending {
@@ -262,9 +302,14 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
     /// Under one lock: what the shard has not delivered yet, and how a new stream on it
     /// opens. Doing both at once is what makes subscribing gap-free: the new stream starts
     /// exactly where the shard's live delivery will continue.
-    func openStream(shardPosition: Int64, lastEventID: String?, filter: TopicFilter) -> (Pending, Opening) {
+    ///
+    /// What the new stream (or poll) wants is added to its shard's interest in the same
+    /// lock: every event committed after this call wakes the shard if it matches.
+    func openStream(shardPosition: Int64, slot: Int, interest: ShardInterest.Registration, lastEventID: String?,
+                    filter: TopicFilter) -> (Pending, Opening) {
         lock.withLock {
-            let pending = pendingLocked(after: shardPosition)
+            interests[slot].add(interest)
+            let pending = pulledLocked(after: shardPosition, slot: slot)
             guard let lastEventID else { return (pending, .fresh) }
             switch ring.resumeDecision(for: lastEventID, floor: store.keepsHistoryBeyondCache ? storeFloor : nil) {
             case .resume(let after):

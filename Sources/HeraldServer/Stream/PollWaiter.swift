@@ -10,6 +10,8 @@ final class PollWaiter {
     var cursor: Int64
     private var completion: Completion?
     var timer: Scheduled<Void>?
+    /// Called once when the poll is answered or abandoned.
+    var onEnd: (() -> Void)?
 
     /// The most events one answer carries; the client polls again for the rest.
     static let maxEvents = 1000
@@ -41,6 +43,13 @@ final class PollWaiter {
         timer?.cancel()
         timer = nil
         completion = nil
+        end()
+    }
+
+    private func end() {
+        guard let onEnd else { return }
+        self.onEnd = nil
+        onEnd()
     }
 
     /// Answers once; later calls do nothing.
@@ -49,6 +58,7 @@ final class PollWaiter {
         timer = nil
         guard let completion else { return }
         self.completion = nil
+        end()
         completion(events, lastEventID, reset)
     }
 }

@@ -17,10 +17,14 @@ extension Shard {
     /// waiter so a closing connection can cancel it.
     func poll(_ request: PollRequest, completion: @escaping PollWaiter.Completion) -> PollWaiter {
         eventLoop.assertInEventLoop()
+        // A poll in progress makes its shard want every event until it is answered or gone:
+        // its preparation spans ticks and reads up to what the shard has delivered.
         let (pending, opening) = hub.openStream(
-            shardPosition: deliveredThrough, lastEventID: request.lastEventID, filter: request.filter)
+            shardPosition: deliveredThrough, slot: slot, interest: .everything, lastEventID: request.lastEventID, filter: request.filter)
         apply(pending)
         let waiter = PollWaiter(filter: request.filter, cursor: deliveredThrough, completion: completion)
+        let hub = self.hub, slot = self.slot
+        waiter.onEnd = { hub.release(.everything, slot: slot) }
         switch opening {
         case .fresh:
             let through = deliveredThrough

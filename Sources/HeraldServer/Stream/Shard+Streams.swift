@@ -34,9 +34,12 @@ extension Shard {
     ///   delivery leaves it alone, and its replay covers whatever was published meanwhile.
     func open(_ request: StreamRequest, httpContext context: ChannelHandlerContext) throws -> () -> Void {
         eventLoop.assertInEventLoop()
+        let interest = ShardInterest.Registration(streamFilter: request.filter)
         let (pending, opening) = hub.openStream(
-            shardPosition: deliveredThrough, lastEventID: request.lastEventID, filter: request.filter)
+            shardPosition: deliveredThrough, slot: slot, interest: interest, lastEventID: request.lastEventID, filter: request.filter)
         apply(pending)
+        var registered = false
+        defer { if !registered { hub.release(interest, slot: slot) } }
 
         let now = NIODeadline.now()
         let stream = StreamConnection(
@@ -94,6 +97,7 @@ extension Shard {
         }
 
         streams[ObjectIdentifier(stream)] = stream
+        registered = true // from here on, ``remove(_:)`` releases the interest
         index.insert(stream, filter: request.filter)
         appendToKeepAliveList(stream)
         if let expires = request.expires, !expiredAtOpen { scheduleExpiry(stream, at: expires) }

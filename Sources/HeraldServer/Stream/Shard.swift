@@ -22,6 +22,9 @@ import NIOCore
 final class Shard: @unchecked Sendable {
     let eventLoop: any EventLoop
     unowned let hub: Hub
+    /// This shard's place in the hub's list (its interest summary); set once by the hub
+    /// before the server accepts connections.
+    var slot = 0
     let logger: Logger
     let keepAliveInterval: TimeAmount
     let maxQueuedBytes: Int
@@ -89,7 +92,7 @@ final class Shard: @unchecked Sendable {
 
     func deliverPending() {
         deliveryScheduled.store(false, ordering: .sequentiallyConsistent)
-        let pending = hub.events(after: deliveredThrough)
+        let pending = hub.events(after: deliveredThrough, slot: slot)
         apply(pending)
     }
 
@@ -175,6 +178,7 @@ final class Shard: @unchecked Sendable {
         guard streams.removeValue(forKey: ObjectIdentifier(stream)) != nil else { return }
         stream.closed = true
         index.remove(stream, filter: stream.filter)
+        hub.release(ShardInterest.Registration(streamFilter: stream.filter), slot: slot)
         removeFromKeepAliveList(stream)
         if stream.expires != nil { removeExpiry(stream) }
         hub.openStreams.wrappingDecrement(ordering: .relaxed)
