@@ -56,7 +56,17 @@ public struct PublishParser: Sendable {
 
     /// Chooses the format and checks the charset (`utf-8` or `us-ascii`, else 415).
     public static func format(contentType: String?) throws(PublishError) -> Format {
-        guard let contentType, !contentType.trimmingSpaces().isEmpty else { return .raw }
+        guard let contentType else { return .raw }
+        // The common spellings exactly (an ASCII comparison), before the general media-type
+        // parse: at 1000 single-event publishes/s the parse was 2 % of the server's CPU.
+        switch contentType {
+        case "text/plain", "text/plain; charset=utf-8", "application/json", "application/octet-stream": return .raw
+        case "application/x-ndjson": return .ndjson
+        case "text/event-stream": return .eventStream
+        case "application/x-www-form-urlencoded": return .form
+        default: break
+        }
+        guard !contentType.trimmingSpaces().isEmpty else { return .raw }
         guard let media = MediaType(contentType) else {
             throw PublishError(.badRequest, "Content-Type '\(contentType.prefix(80))' is not a media type")
         }

@@ -30,7 +30,17 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The request being answered (a waiting long poll is cancelled through it when the
     /// connection closes).
     private var scope: RequestScope?
+    /// The connection's one timer, re-armed lazily: the machine asks for a new deadline on
+    /// every request (head, body, then idle keep-alive timeouts), and a later deadline than
+    /// the scheduled one only moves ``timerDeadline``; the timer, when it fires early, waits
+    /// again for the rest. A keep-alive publisher then costs no timer scheduling per request
+    /// (measured: ~1.5 % of the server's CPU at 1000 single-event publishes/s).
     private var timer: Scheduled<Void>?
+    private var timerFiresAt: NIODeadline?
+    private var timerDeadline: (kind: HTTPConnectionMachine.Timer, at: NIODeadline)?
+    /// Whether the peer is on the loopback interface (keyless publishing), read once per
+    /// connection rather than per request.
+    private var peerIsLoopbackCache: Bool?
 
     /// The HTTP/1.1 handlers below this one, removed when the connection becomes a stream.
     let handlers: HTTP1Handlers
@@ -68,13 +78,43 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        stopTimer()
+    }
+
+    private func stopTimer() {
         timer?.cancel()
         timer = nil
+        timerFiresAt = nil
+        timerDeadline = nil
+    }
+
+    private func scheduleTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        timer?.cancel()
+        timerFiresAt = deadline
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            guard let self else { return }
+            self.timer = nil
+            self.timerFiresAt = nil
+            guard let wanted = self.timerDeadline else { return }
+            let now = context.eventLoop.now
+            if now < wanted.at {
+                self.scheduleTimer(at: wanted.at, context: context)
+                return
+            }
+            self.timerDeadline = nil
+            self.perform(self.machine.timerFired(wanted.kind, now: now), context: context)
+        }
+    }
+
+    private func peerIsLoopback(_ context: ChannelHandlerContext) -> Bool {
+        if let known = peerIsLoopbackCache { return known }
+        let loopback = PeerAddress.isLoopback(context.channel.remoteAddress)
+        peerIsLoopbackCache = loopback
+        return loopback
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        stopTimer()
         machine.closed()
         scope?.cancel()
         scope = nil
@@ -86,15 +126,13 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         for action in actions {
             switch action {
             case .arm(let kind, let deadline):
-                timer?.cancel()
-                timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
-                    guard let self else { return }
-                    self.timer = nil
-                    self.perform(self.machine.timerFired(kind, now: context.eventLoop.now), context: context)
+                timerDeadline = (kind, deadline)
+                if let firesAt = timerFiresAt, firesAt <= deadline {
+                    break // the scheduled timer fires first and waits on for the rest
                 }
+                scheduleTimer(at: deadline, context: context)
             case .cancelTimer:
-                timer?.cancel()
-                timer = nil
+                timerDeadline = nil // a scheduled timer finds nothing to do
             case .keepBody:
                 break // the caller keeps the chunk
             case .dispatch:
@@ -244,7 +282,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
         route = Route(path: path)
         // Read once from the head; the endpoint gets the same.
-        let credentials = RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress))
+        let credentials = RequestCredentials(head, peerIsLoopback: peerIsLoopback(context))
         self.credentials = credentials
         let lengthHeader = head.headers.first(name: "content-length")
         let length = lengthHeader.flatMap { HTTPNumber.parse($0) }
@@ -285,7 +323,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let endpointRequest = EndpointRequest(
             head: HTTPRequest(method: method, scheme: nil, authority: head.headers.first(name: "host"), path: head.uri, headerFields: fields),
             body: body,
-            credentials: credentials ?? RequestCredentials(head, peerIsLoopback: PeerAddress.isLoopback(context.channel.remoteAddress)),
+            credentials: credentials ?? RequestCredentials(head, peerIsLoopback: peerIsLoopback(context)),
             streamsCloseDelimited: head.version.major == 1 && head.version.minor == 0,
             eventLoop: context.eventLoop, allocator: context.channel.allocator)
         body = nil

@@ -184,7 +184,6 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
         var wake: [Shard] = []
         lock.withLock {
             let before = ring.newestID
-            var events: [StoredEvent] = []
             for batch in batches {
                 if let topic = batch.clearRetained {
                     retained.remove(topic: topic)
@@ -192,13 +191,12 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
                 }
                 makeVisibleLocked(batch.events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)
                 count += batch.events.count
-                events.append(contentsOf: batch.events)
             }
             guard count > 0 else { return }
             let newest = ring.newestID
             for slot in interests.indices {
                 if interests[slot].wakePending { continue } // it will pull these too
-                if interests[slot].wants(events) {
+                if interests[slot].wants(batches, count: count) {
                     interests[slot].wakePending = true
                     wake.append(shards[slot])
                 } else if interests[slot].pulledThrough == before {

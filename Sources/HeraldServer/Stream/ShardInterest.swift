@@ -63,16 +63,18 @@ struct ShardInterest {
         }
     }
 
-    /// Whether a subscription on the shard may match one of `events`.
-    func wants(_ events: [StoredEvent]) -> Bool {
-        if broad > 0 || events.count > Self.examinedEvents { return true }
+    /// Whether a subscription on the shard may match one of the `count` events of `batches`.
+    func wants(_ batches: [CommittedBatch], count: Int) -> Bool {
+        if broad > 0 || count > Self.examinedEvents { return true }
         if keys.isEmpty { return false }
-        for event in events {
-            if let client = event.client {
-                if keys[TopicKey(LogKeys.direct(client))] != nil { return true }
-                continue
+        for batch in batches {
+            for event in batch.events {
+                if let client = event.client {
+                    if keys[TopicKey(LogKeys.direct(client))] != nil { return true }
+                    continue
+                }
+                for topic in event.topics where keys[TopicKey(topic)] != nil { return true }
             }
-            for topic in event.topics where keys[TopicKey(topic)] != nil { return true }
         }
         return false
     }
