@@ -1491,6 +1491,25 @@ def test_startup_waits_for_the_database_then_gives_up_naming_the_host(tmp_path):
     # 1. Nothing ever listens on this port: the node gives up (SPEC: waits up to 30 s).
     dead_port = free_port()  # below the ephemeral range: no outgoing socket takes it meanwhile
     dead = Node("dead", f"postgres://herald:s3cret-pw@127.0.0.1:{dead_port}/herald", [], str(tmp_path)).launch()
+    # 3. A "database" that accepts connections and never answers (a wedged proxy): given up
+    # on in the same time, not waited for forever.
+    silent_socket = socket.socket()
+    silent_socket.bind(("127.0.0.1", 0))
+    silent_socket.listen(64)
+    held = []
+    stop_accepting = threading.Event()
+
+    def accept_and_hold():
+        silent_socket.settimeout(0.2)
+        while not stop_accepting.is_set():
+            try:
+                held.append(silent_socket.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    silent_port = silent_socket.getsockname()[1]
+    silent = Node("silent", f"postgres://herald:s3cret-pw@127.0.0.1:{silent_port}/herald", [], str(tmp_path)).launch()
     started = time.time()
     # 2. Meanwhile a database that comes up 3 s late is waited for.
     late_pg = PostgresServer(fsync=False, port=free_port())
@@ -1517,8 +1536,25 @@ def test_startup_waits_for_the_database_then_gives_up_naming_the_host(tmp_path):
         # Not in SPEC, but a message naming the store must not leak its password into logs.
         assert "s3cret-pw" not in output, f"the password is in the output:\n{output}"
         print(f"exit {code} after {elapsed:.1f} s: {output.strip()[-300:]}")
+
+        try:
+            code = silent.process.wait(timeout=max(1, started + 45 - time.time()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"a node whose database never answers was still running after 45 s:\n{silent.log_tail()}")
+        elapsed = time.time() - started
+        with open(silent.out_path) as out, open(silent.err_path) as err:
+            output = out.read() + err.read()
+        assert code != 0, output
+        assert held, "the node never connected to the silent server"
+        assert f"127.0.0.1:{silent_port}" in output, f"the message does not name the server:\n{output}"
+        assert "s3cret-pw" not in output, f"the password is in the output:\n{output}"
+        print(f"silent server: exit {code} after {elapsed:.1f} s, {len(held)} connections held")
     finally:
-        for node in (dead, late):
+        stop_accepting.set()
+        silent_socket.close()
+        for connection in held:
+            connection.close()
+        for node in (dead, late, silent):
             if node.process.poll() is None:
                 node.process.kill()
             node.process.wait(timeout=10)

@@ -141,7 +141,9 @@ final class PostgresStore: EventStore, ClusterDirectory, @unchecked Sendable {
         var connection: PostgresConnection
         while true {
             do {
-                connection = try await control.connection()
+                // Bounded: a server that accepts and never answers (a wedged proxy, a port
+                // that is not PostgreSQL) must not keep the node from starting or giving up.
+                connection = try await control.run(limit: .seconds(5)) { $0 }
                 break
             } catch {
                 if NIODeadline.now() >= deadline {
