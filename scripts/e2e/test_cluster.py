@@ -1522,13 +1522,16 @@ def test_startup_waits_for_the_database_then_gives_up_naming_the_host(tmp_path):
         wait_for(lambda: late.request("GET", "/health").status == 200, timeout=15, what="/health 200")
         assert late.publish("late", "hello") > 0
 
-        try:
-            code = dead.process.wait(timeout=max(1, started + 40 - time.time()))
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"a node without a database was still running after 40 s:\n{dead.log_tail()}")
-        elapsed = time.time() - started
-        with open(dead.out_path) as out, open(dead.err_path) as err:
-            output = out.read() + err.read()
+        def exit_of(node, within, what):
+            """The node's exit code, seconds since `started`, and everything it printed."""
+            try:
+                code = node.process.wait(timeout=max(1, started + within - time.time()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"a node {what} was still running after {within} s:\n{node.log_tail()}")
+            with open(node.out_path) as out, open(node.err_path) as err:
+                return code, time.time() - started, out.read() + err.read()
+
+        code, elapsed, output = exit_of(dead, 40, "without a database")
         assert code != 0, output
         # SPEC: "waits up to 30 s for the database, then exits": about 30 s, some slack both ways.
         assert 20 <= elapsed <= 36, f"gave up after {elapsed:.1f} s instead of about 30 s"
@@ -1537,13 +1540,7 @@ def test_startup_waits_for_the_database_then_gives_up_naming_the_host(tmp_path):
         assert "s3cret-pw" not in output, f"the password is in the output:\n{output}"
         print(f"exit {code} after {elapsed:.1f} s: {output.strip()[-300:]}")
 
-        try:
-            code = silent.process.wait(timeout=max(1, started + 45 - time.time()))
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"a node whose database never answers was still running after 45 s:\n{silent.log_tail()}")
-        elapsed = time.time() - started
-        with open(silent.out_path) as out, open(silent.err_path) as err:
-            output = out.read() + err.read()
+        code, elapsed, output = exit_of(silent, 45, "whose database never answers")
         assert code != 0, output
         assert held, "the node never connected to the silent server"
         assert f"127.0.0.1:{silent_port}" in output, f"the message does not name the server:\n{output}"
