@@ -9,6 +9,15 @@ struct PublishParserTests {
         try (parser ?? self.parser).parse(body: Array(body.utf8), contentType: type)
     }
 
+    @Test("The common Content-Type spellings, matched before the media-type parse, mean what the parse says")
+    func contentTypeFastPath() throws {
+        for spelling in ["text/plain", "text/plain; charset=utf-8", "application/json", "application/octet-stream",
+                         "application/x-ndjson", "text/event-stream", "application/x-www-form-urlencoded"] {
+            // A leading space skips the exact match, so the general parse answers.
+            #expect(try PublishParser.format(contentType: spelling) == PublishParser.format(contentType: " " + spelling), "\(spelling)")
+        }
+    }
+
     func failure(_ body: String, _ type: String?, parser: PublishParser? = nil) -> PublishError? {
         do {
             _ = try parse(body, type, parser: parser)
