@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import selectors
 import signal
 import socket
 import subprocess
@@ -454,8 +455,8 @@ def cluster(postgres, database, tmp_path):
     """cluster(n, *flags) starts n nodes on the test's database (in parallel) and returns them."""
     nodes = []
 
-    def make(count=3, *flags, names="ABCDEFGH"):
-        made = [Node(names[len(nodes) + i], postgres.url(database), flags, str(tmp_path)).launch()
+    def make(count=3, *flags, names="ABCDEFGH", store=None):
+        made = [Node(names[len(nodes) + i], store or postgres.url(database), flags, str(tmp_path)).launch()
                 for i in range(count)]
         nodes.extend(made)
         for node in made:
@@ -1121,6 +1122,165 @@ def test_terminated_backends_are_replaced_and_listen_again(cluster, postgres, da
     wait_for(lambda: herald_backends(postgres, database) >= 3, timeout=5, interval=0.2,
              what="every node connected again (at least its LISTEN session)")
     close_all(streams)
+
+
+class FreezableProxy:
+    """A TCP relay to PostgreSQL that can go silent: `freeze()` stops moving bytes both ways
+    and holds new connections without answering (a partition, a wedged middlebox: nothing is
+    refused, nothing is closed, nothing arrives); `reset()` then cuts every connection it
+    holds with a TCP reset, dropping the bytes held back (as a partition that ends in
+    resets), and relays new connections normally again. Loopback only."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.frozen = False
+        self.generation = 0
+        self.lock = threading.Lock()
+        self.sockets = []  # (generation, socket)
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _track(self, sock):
+        with self.lock:
+            self.sockets.append((self.generation, sock))
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._track(client)
+            threading.Thread(target=self._relay, args=(client, self.generation), daemon=True).start()
+
+    def _relay(self, client, generation):
+        while self.frozen and generation == self.generation and not self.stopped:
+            time.sleep(0.05)  # held: accepted, never connected onwards
+        if generation != self.generation or self.stopped:
+            return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        self._track(upstream)
+        pair = {client: upstream, upstream: client}
+        selector = selectors.DefaultSelector()
+        for sock in pair:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        try:
+            while generation == self.generation and not self.stopped:
+                if self.frozen:
+                    time.sleep(0.05)  # bytes stay in the kernel's buffers, unread
+                    continue
+                for key, _ in selector.select(timeout=0.05):
+                    if self.frozen or generation != self.generation:
+                        break
+                    try:
+                        data = key.fileobj.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        for sock in pair:
+                            sock.close()
+                        return
+                    other = pair[key.fileobj]
+                    other.setblocking(True)
+                    other.sendall(data)
+                    other.setblocking(False)
+        except (OSError, ValueError):
+            pass  # cut by reset()
+        finally:
+            selector.close()
+
+    def freeze(self):
+        self.frozen = True
+
+    def reset(self):
+        """Ends the freeze: every connection held so far is cut with a reset."""
+        with self.lock:
+            old, self.sockets = self.sockets, []
+            self.generation += 1
+            self.frozen = False
+        for _, sock in old:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stopped = True
+        self.listener.close()
+        self.reset()
+
+
+def test_a_silent_database_is_given_up_on_and_the_node_recovers(cluster, postgres, database):
+    """A node whose database goes silent mid-session (connections open, nothing answered) must
+    not hang: its publishes are answered 503 within the append limit (30 s), /health says
+    degraded, its streams stay open with keep-alives; when the connections are reset and the
+    database answers again, it reconnects, listens again and catches up by itself. A second
+    node with a direct connection is unaffected throughout."""
+    proxy = FreezableProxy(postgres.port)
+    try:
+        (a,) = cluster(1, "--keepalive", "1", store=postgres.url(database).replace(f":{postgres.port}/", f":{proxy.port}/"))
+        (b,) = cluster(1, "--keepalive", "1")
+        streams = [node.stream("/events?topic=silent") for node in (a, b)]
+        for stream in streams:
+            stream.hello()
+        acked = [a.publish("silent", "before-A"), b.publish("silent", "before-B")]
+        for stream in streams:
+            stream.wait_ids(acked, timeout=5)
+
+        proxy.freeze()
+        frozen_at = time.time()
+        time.sleep(0.3)
+        started = time.time()
+        response = a.request("POST", "/events?topic=silent", b"during-A", {"Content-Type": "text/plain"}, timeout=60)
+        waited = time.time() - started
+        print(f"A answered {response.status} after {waited:.1f} s of silence")
+        assert_problem(response, 503)
+        assert waited < 40, f"A took {waited:.1f} s to give up on a silent database"
+        health = a.request("GET", "/health")
+        assert health.status == 503 and health.json().get("status") == "degraded", health
+        # B publishes meanwhile; its own stream has it at once, A's once A is back.
+        acked.append(b.publish("silent", "during-B"))
+        streams[1].wait_ids(acked, timeout=5)
+        stream_a = streams[0]
+        assert stream_a.closed_at is None, "A's stream was closed while the database was silent"
+        assert any(t > frozen_at + 20 for t, _ in stream_a.comments), "A's stream had no keep-alive late in the silence"
+
+        proxy.reset()
+        reset_at = time.time()
+
+        def attempt():
+            response = a.request("POST", "/events?topic=silent", b"after-A", {"Content-Type": "text/plain"}, timeout=40)
+            if response.status == 200:
+                return int(response.json()["ids"][0])
+            assert_problem(response, 503)
+            return None
+        acked.append(wait_for(attempt, timeout=30, interval=0.5, what="a successful publish on A after the reset"))
+        print(f"A published again {time.time() - reset_at:.1f} s after the reset")
+        acked.append(b.publish("silent", "after-B"))
+        for stream in streams:
+            stream.wait_ids(acked, timeout=15)
+        wait_for(lambda: a.request("GET", "/health").status == 200, timeout=15, interval=0.2, what="/health 200 on A")
+        time.sleep(0.5)
+        for stream in streams:
+            assert stream.closed_at is None, f"stream on {stream.name} was closed"
+            # The 503 publish must not appear (nothing it sent reached the database).
+            assert check_stream(stream.snapshot(), set(acked)) == [], stream.name
+        close_all(streams)
+    finally:
+        proxy.close()
 
 
 # -- retention --------------------------------------------------------------------------------

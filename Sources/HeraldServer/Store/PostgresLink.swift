@@ -97,6 +97,9 @@ final class PostgresLink: @unchecked Sendable {
                     switch state {
                     case .shutDown:
                         return .closed
+                    case .connected(let other) where other === connection:
+                        // Another caller waited for the same connect and stored it first.
+                        return .keep
                     case .connected(let other) where !other.isClosed:
                         // A connect that was given up on (``drop()``) finished after a newer one.
                         return .superseded(other)
@@ -181,7 +184,11 @@ final class PostgresLink: @unchecked Sendable {
                 return nil
             }
         }
-        if let stale { stale.close().whenComplete { _ in } }
+        // Kept alive until the close has happened: the caller that timed out may hold the
+        // last other reference and let go of it at once, and a PostgresConnection must not be
+        // released while its channel is still open (PostgresNIO asserts so in debug builds,
+        // and in release builds the socket would outlive every reference to it).
+        if let stale { stale.close().whenComplete { _ in withExtendedLifetime(stale) {} } }
     }
 
     /// After a failed query: drops the connection if it is broken (with no error: always),
