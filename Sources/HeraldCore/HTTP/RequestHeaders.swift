@@ -54,6 +54,7 @@ public enum LocalPublishGuard {
 
     /// `localhost`, any `127.x.y.z`, or `[::1]`, each with or without a port.
     public static func isLoopbackHost(_ value: String) -> Bool {
+        if isCommonLoopbackHost(value.utf8) { return true }
         var host = Substring(value)
         while host.first == " " || host.first == "\t" { host = host.dropFirst() }
         while host.last == " " || host.last == "\t" { host = host.dropLast() }
@@ -76,6 +77,30 @@ public enum LocalPublishGuard {
         return parts.allSatisfy { part in
             part.utf8.count <= 3 && HTTPNumber.parse(part, maximum: 255) != nil
         }
+    }
+
+    /// `127.0.0.1` or `localhost`, each alone or with a port: what local tools send, checked
+    /// without building substrings (it runs on every keyless publish). Anything else is left
+    /// to the full check.
+    private static func isCommonLoopbackHost(_ value: String.UTF8View) -> Bool {
+        var rest: Substring.UTF8View
+        if value.starts(with: "127.0.0.1".utf8) {
+            rest = value.dropFirst(9)
+        } else if value.starts(with: "localhost".utf8) {
+            rest = value.dropFirst(9)
+        } else {
+            return false
+        }
+        if rest.isEmpty { return true }
+        guard rest.first == UInt8(ascii: ":") else { return false }
+        rest = rest.dropFirst()
+        guard !rest.isEmpty, rest.count <= 5 else { return false }
+        var port = 0
+        for byte in rest {
+            guard byte >= 0x30 && byte <= 0x39 else { return false }
+            port = port * 10 + Int(byte - 0x30)
+        }
+        return port <= 65_535
     }
 
     /// `:` followed by 1 to 5 digits.
