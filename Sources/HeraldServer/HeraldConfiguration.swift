@@ -83,6 +83,10 @@ public struct HeraldConfiguration: Sendable {
     /// instead of straight to the socket: for tests of that path and for measuring what the
     /// direct path saves (the hidden `--stream-writes pipeline`).
     public var streamsThroughPipeline = false
+    /// Plain HTTP/1.1 publishes are read and answered by ``PublishFastPath`` (with the memory
+    /// store); false sends every request through the general path, for tests comparing the
+    /// two and for measuring what the fast path saves (the hidden `--publish-path general`).
+    public var publishFastPath = true
     /// Test only (`--cluster-unsafe-ids`, hidden): a `postgres://` store takes ids from a plain
     /// sequence before commit and holds each transaction open a random few milliseconds: the
     /// classic backplane bug, so that the cluster tests can prove their order check catches it.

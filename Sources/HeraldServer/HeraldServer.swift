@@ -121,6 +121,10 @@ public final class HeraldServer: Service, Sendable {
         let channel: any Channel
         let maxQueuedBytes = max(1, configuration.maxQueuedBytes)
         let maxHeaderBytes = configuration.maxHeaderBytes
+        let usesFastPath = PublishFastPath.applies(to: context)
+        let fastPath: @Sendable () -> PublishFastPath? = {
+            usesFastPath ? PublishFastPath(server: context, responders: responders) : nil
+        }
         let headTimeout = configuration.requestHeadTimeout
         do {
             channel = try await ServerBootstrap(group: group)
@@ -166,7 +170,7 @@ public final class HeraldServer: Service, Sendable {
                             },
                             http1ChannelConfigurator: { channel in
                                 channel.eventLoop.makeCompletedFuture {
-                                    let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes)
+                                    let handlers = try HTTP1Handlers.install(on: channel, maxHeaderBytes: maxHeaderBytes, fastPath: fastPath())
                                     try channel.pipeline.syncOperations.addHandler(
                                         HTTPHandler(server: context, responders: responders, handlers: handlers))
                                 }
@@ -180,7 +184,7 @@ public final class HeraldServer: Service, Sendable {
                                 try HTTP2Setup.configure(sniffer.channel, server: context, responders: responders, secure: false,
                                                          position: .after(me))
                             } else {
-                                let handlers = try HTTP1Handlers.install(on: sniffer.channel, maxHeaderBytes: maxHeaderBytes)
+                                let handlers = try HTTP1Handlers.install(on: sniffer.channel, maxHeaderBytes: maxHeaderBytes, fastPath: fastPath())
                                 try sniffer.pipeline.syncOperations.addHandler(
                                     HTTPHandler(server: context, responders: responders, handlers: handlers))
                             }

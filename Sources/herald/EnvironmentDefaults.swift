@@ -25,7 +25,7 @@ enum EnvironmentDefaults {
         ("tls-cert", .value), ("tls-key", .value), ("h2-max-streams", .integer), ("subscriber-key", .repeatable), ("subscriber-audience", .value), ("public-topic", .repeatable),
         ("cors-origin", .repeatable), ("max-connections", .integer), ("max-retained", .integer), ("max-event-bytes", .integer),
         ("max-body-bytes", .integer), ("max-queued-bytes", .integer), ("no-chunked", .flag), ("demo", .flag), ("store", .value),
-        ("threads", .integer), ("stream-writes", .value), ("shutdown-grace", .number), ("log-level", .value),
+        ("threads", .integer), ("stream-writes", .value), ("publish-path", .value), ("shutdown-grace", .number), ("log-level", .value),
     ]
 
     static func variableName(for option: String) -> String {

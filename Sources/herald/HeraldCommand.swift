@@ -100,6 +100,9 @@ struct HeraldCommand: AsyncParsableCommand {
     @Option(name: .customLong("stream-writes"), help: .hidden)
     var streamWrites = "direct"
 
+    @Option(name: .customLong("publish-path"), help: .hidden)
+    var publishPath = "fast"
+
     @Option(help: "Event store: 'memory' (the default), 'sqlite:PATH' (durable: survives restart and kill -9) or 'postgres://USER:PASSWORD@HOST:PORT/DB' (cluster mode: every node on the same database shares one history).")
     var store = "memory"
 
@@ -156,6 +159,11 @@ struct HeraldCommand: AsyncParsableCommand {
             case "direct": configuration.streamsThroughPipeline = false
             case "pipeline": configuration.streamsThroughPipeline = true
             default: throw ValidationError("--stream-writes must be 'direct' or 'pipeline'")
+            }
+            switch publishPath {
+            case "fast": configuration.publishFastPath = true
+            case "general": configuration.publishFastPath = false
+            default: throw ValidationError("--publish-path must be 'fast' or 'general'")
             }
             if let threads { configuration.eventLoopThreads = threads }
             configuration.shutdownGrace = try HeraldConfiguration.duration(seconds: shutdownGrace, flag: "--shutdown-grace", range: 0...60)

@@ -6,4 +6,5 @@ extension HTTPField.Name {
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
     static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
     static let xAccelBuffering = HTTPField.Name("X-Accel-Buffering")!
+    static let secFetchSite = HTTPField.Name("Sec-Fetch-Site")!
 }

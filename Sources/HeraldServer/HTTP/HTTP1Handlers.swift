@@ -11,13 +11,15 @@ struct HTTP1Handlers {
     let encoder: HTTPResponseEncoder
     let pipelining: HTTPServerPipelineHandler
     let headerValidator: NIOHTTPResponseHeadersValidator
+    /// In front of the decoder, when the store commits inline (see ``PublishFastPath``).
+    let fastPath: PublishFastPath?
 
     /// Adds the handlers, in order, to `channel`'s pipeline.
     ///
     /// The encoder does not add framing headers of its own: every answer sets
     /// `Content-Length` (or is a stream, which sets `Transfer-Encoding: chunked` or
     /// `Connection: close` itself).
-    static func install(on channel: any Channel, maxHeaderBytes: Int) throws -> HTTP1Handlers {
+    static func install(on channel: any Channel, maxHeaderBytes: Int, fastPath: PublishFastPath?) throws -> HTTP1Handlers {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = maxHeaderBytes
         limits.maxHeaderFieldSize = maxHeaderBytes
@@ -31,9 +33,11 @@ struct HTTP1Handlers {
             decoder: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
             encoder: HTTPResponseEncoder(configuration: encoderConfiguration),
             pipelining: HTTPServerPipelineHandler(),
-            headerValidator: NIOHTTPResponseHeadersValidator())
+            headerValidator: NIOHTTPResponseHeadersValidator(),
+            fastPath: fastPath)
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(handlers.backPressure)
+        if let fastPath { try operations.addHandler(fastPath) }
         try operations.addHandler(handlers.encoder)
         try operations.addHandler(handlers.decoder)
         try operations.addHandler(handlers.pipelining)
@@ -44,7 +48,8 @@ struct HTTP1Handlers {
     /// Removes these handlers (and `handler`, the connection's HTTP handler) from `pipeline`.
     func remove(from pipeline: ChannelPipeline, with handler: HTTPHandler) {
         let operations = pipeline.syncOperations
-        let all: [any RemovableChannelHandler] = [decoder, encoder, pipelining, headerValidator, handler, backPressure]
+        var all: [any RemovableChannelHandler] = [decoder, encoder, pipelining, headerValidator, handler, backPressure]
+        if let fastPath { all.append(fastPath) }
         for each in all {
             operations.removeHandler(each, promise: nil)
         }

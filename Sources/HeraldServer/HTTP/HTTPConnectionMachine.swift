@@ -73,6 +73,8 @@ struct HTTPConnectionMachine {
     private var bodyOpen = false
     /// A parse error that came while an answer was being produced: after that answer.
     private var problemAfterAnswer: Problem?
+    /// The fast path below waits for a body (see ``bodyPendingOutside(now:)``).
+    private var bodyOutside = false
     let headTimeout: TimeAmount
     let bodyTimeout: TimeAmount
     let maxBodyBytes: Int
@@ -91,6 +93,7 @@ struct HTTPConnectionMachine {
     /// A request head arrived: decided from it alone (SPEC §16).
     mutating func headReceived(_ head: Head, now: NIODeadline) -> [Action] {
         guard state == .idle else { return [] }
+        bodyOutside = false
         bodyOpen = head.announcesBody
         var actions: [Action] = [head.announcesBody ? .arm(.body, deadline: now + bodyTimeout) : .cancelTimer]
         if let refusal = head.refusal {
@@ -159,6 +162,22 @@ struct HTTPConnectionMachine {
         return (false, [.lingeringClose])
     }
 
+    /// A request was read and answered below this machine (``PublishFastPath``), which
+    /// happens only while it is idle: the connection waits for the next head again.
+    mutating func answeredOutside(now: NIODeadline) -> [Action] {
+        guard state == .idle else { return [] }
+        bodyOutside = false
+        return [.arm(.head, deadline: now + headTimeout)]
+    }
+
+    /// Below this machine (``PublishFastPath``), a request's head is in and its body is on
+    /// its way: the body's time limit applies from now, as it would here.
+    mutating func bodyPendingOutside(now: NIODeadline) -> [Action] {
+        guard state == .idle else { return [] }
+        bodyOutside = true
+        return [.arm(.body, deadline: now + bodyTimeout)]
+    }
+
     /// Whether an answer may be written now.
     var mayAnswer: Bool { state == .answering }
 
@@ -173,7 +192,7 @@ struct HTTPConnectionMachine {
         case (.head, .idle):
             state = .closing
             return [.sendRawAndClose(Problem(.requestTimeout, "the request head did not arrive within \(Self.seconds(headTimeout)) s"))]
-        case (.body, .receiving):
+        case (.body, .receiving), (.body, .idle) where bodyOutside:
             state = .closing
             return [.sendRawAndClose(Problem(.requestTimeout, "the request body did not arrive within \(Self.seconds(bodyTimeout)) s"))]
         case (.body, .answering) where bodyOpen:

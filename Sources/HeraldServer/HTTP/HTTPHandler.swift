@@ -66,6 +66,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Added to a connection that is already active (HTTP/1.1 chosen by ALPN after the TLS
     /// handshake): the connection's life starts now.
     func handlerAdded(context: ChannelHandlerContext) {
+        handlers.fastPath?.connection = (self, context)
         if context.channel.isActive { activate(context: context) }
     }
 
@@ -78,6 +79,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        handlers.fastPath?.connection = nil
         stopTimer()
     }
 
@@ -121,8 +123,24 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
+    /// What the publish fast path in front of the decoder did (see ``PublishFastPath``).
+    func fastPathReport(_ event: PublishFastPathEvent, context: ChannelHandlerContext) {
+        switch event {
+        case .answered:
+            perform(machine.answeredOutside(now: context.eventLoop.now), context: context)
+        case .awaitingBody:
+            perform(machine.bodyPendingOutside(now: context.eventLoop.now), context: context)
+        case .closing:
+            stopTimer()
+            machine.closed()
+        }
+    }
+
     /// Carries out the machine's actions.
     func perform(_ actions: [HTTPConnectionMachine.Action], context: ChannelHandlerContext) {
+        // Whatever the machine does beyond waiting for the next request is the general
+        // path's from now on: the fast path stands aside for good.
+        if machine.state != .idle { handlers.fastPath?.disable() }
         for action in actions {
             switch action {
             case .arm(let kind, let deadline):

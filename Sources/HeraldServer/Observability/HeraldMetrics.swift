@@ -18,6 +18,8 @@ final class HeraldMetrics: Sendable {
     let replays: Counter
     let resets: Counter
     let publishRequests: Counter
+    /// Publish requests read and answered by the HTTP/1.1 fast path (``PublishFastPath``).
+    let fastPathRequests: Counter
     let rejectedRequests: Counter
     /// When distinct clients were last counted (see ``claimClientCount(now:)``).
     private let clientsCountedAt = NIOLockedValueBox<NIODeadline?>(nil)
@@ -44,6 +46,7 @@ final class HeraldMetrics: Sendable {
         replays = registry.makeCounter(descriptor: .init(namespace: "herald", metricName: "replays", unitName: "total", helpText: "Streams resumed from a Last-Event-ID."))
         resets = registry.makeCounter(descriptor: .init(namespace: "herald", metricName: "resets", unitName: "total", helpText: "herald.reset events sent (unknown or truncated Last-Event-ID)."))
         publishRequests = registry.makeCounter(descriptor: .init(namespace: "herald", metricName: "publish_requests", unitName: "total", helpText: "Publish requests answered with 200."))
+        fastPathRequests = registry.makeCounter(descriptor: .init(namespace: "herald", metricName: "publish_fast_path_requests", unitName: "total", helpText: "Publish requests read and answered by the HTTP/1.1 fast path (a subset of all requests)."))
         rejectedRequests = registry.makeCounter(descriptor: .init(namespace: "herald", metricName: "http_errors", unitName: "total", helpText: "Requests answered with a 4xx or 5xx status."))
     }
 

@@ -66,6 +66,11 @@ protocol EventStore: AnyObject, Sendable, Service {
 
     /// The cluster's client directory (presence and cross-node commands), for a shared store.
     var cluster: (any ClusterDirectory)? { get }
+
+    /// Whether ``append(_:on:)`` commits before it returns (its future is already complete):
+    /// then the HTTP/1.1 publish fast path may answer within the read that brought the
+    /// request (see ``PublishFastPath``).
+    var commitsInline: Bool { get }
 }
 
 extension EventStore {
@@ -74,6 +79,7 @@ extension EventStore {
         loop.makeSucceededVoidFuture()
     }
     var cluster: (any ClusterDirectory)? { nil }
+    var commitsInline: Bool { false }
 }
 
 /// What an append answers: the batch's ids, and whether they are those of an earlier batch

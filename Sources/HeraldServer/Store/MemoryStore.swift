@@ -23,6 +23,7 @@ final class MemoryStore: EventStore, @unchecked Sendable {
     var description: String { "memory" }
     var keepsHistoryBeyondCache: Bool { false }
     var storedEventCount: Int? { nil }
+    var commitsInline: Bool { true }
 
     func open(sink: any CommittedEventSink, cacheCapacity: Int, freshStart: Int64) async throws -> StoreSnapshot {
         lock.withLock {
