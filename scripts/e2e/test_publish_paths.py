@@ -99,6 +99,7 @@ CASES = {
     "body over --max-body-bytes": post("/events?topic=a", b"x" * 9000),
     "too many topics": post("/events?" + "&".join(f"topic=t{i}" for i in range(200)), b"x"),
     "Connection: close": post("/events?topic=a", b"x", (("Host", "127.0.0.1"), ("Connection", "close"))),
+    "Proxy-Connection: close": post("/events?topic=a", b"x", (("Host", "127.0.0.1"), ("Proxy-Connection", "close"))),
     "HTTP/1.0": post("/events?topic=a", b"x", version=b"HTTP/1.0"),
     "Idempotency-Key": post("/events?topic=a", b"x", (("Host", "127.0.0.1"), ("Idempotency-Key", "k-1"))),
     "chunked body": b"POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",

@@ -5,7 +5,7 @@
 /// path (NIO's decoder building a request head, the pipelining and header-validation
 /// handlers, three response writes through the encoder), measured at 2× Nginx+Nchan's user
 /// CPU per publish; see the README's "Low rates". This reader recognises the common case and
-/// says nil to everything else, and the caller hands those bytes to the general path
+/// says `other` to everything else, and the caller hands those bytes to the general path
 /// untouched. It must therefore never accept bytes that NIO's parser (llhttp, strict) would
 /// read differently:
 /// - the request line is exactly `POST <target> HTTP/1.1`, the target visible ASCII;
@@ -13,7 +13,8 @@
 ///   tabs only (no obs-fold, no obs-text, no bare CR or LF), read as NIO reads it: leading
 ///   blanks dropped, trailing ones kept;
 /// - the body is framed by at most one `Content-Length` of digits; `Transfer-Encoding`,
-///   `Expect`, `Upgrade`, a `Connection` other than `keep-alive`, a second `Host` or one
+///   `Expect`, `Upgrade`, a `Connection` other than `keep-alive`, any `Proxy-Connection`
+///   (llhttp honours its `close` like `Connection`'s), a second `Host` or one
 ///   holding a comma, and `Idempotency-Key` (whose retry may wait on another loop) all go to
 ///   the general path;
 /// - the request ends where its `Content-Length` says, exactly where llhttp ends it, so the
@@ -159,6 +160,7 @@ public struct PlainPostRequest: Sendable {
         case 10 where equalsIgnoringCase(bytes, start, end, "connection"): return .connection
         case 14 where equalsIgnoringCase(bytes, start, end, "content-length"): return .contentLength
         case 15 where equalsIgnoringCase(bytes, start, end, "idempotency-key"): return .refused
+        case 16 where equalsIgnoringCase(bytes, start, end, "proxy-connection"): return .refused
         case 17 where equalsIgnoringCase(bytes, start, end, "transfer-encoding"): return .refused
         default: return .other
         }

@@ -13,6 +13,9 @@ import NIOCore
 ///   timeouts: idle ─head timer─► closing (408) · receiving ─body timer─► closing (408)
 ///   parse error: idle/receiving ─► closing (400/431) · answering ─► after the answer, closing
 ///   a subscription: answering ─opened──► streaming (the handler leaves the pipeline)
+///   the publish fast path (PublishFastPath), below: idle ─answeredOutside─► idle (head timer
+///   from the answer) · idle ─bodyPendingOutside─► idle (body timer; a head handed over later
+///   keeps that deadline)
 /// ```
 struct HTTPConnectionMachine {
     enum State: Equatable {
@@ -73,8 +76,8 @@ struct HTTPConnectionMachine {
     private var bodyOpen = false
     /// A parse error that came while an answer was being produced: after that answer.
     private var problemAfterAnswer: Problem?
-    /// The fast path below waits for a body (see ``bodyPendingOutside(now:)``).
-    private var bodyOutside = false
+    /// The fast path below waits for a body until then (see ``bodyPendingOutside(now:)``).
+    private var bodyOutsideDeadline: NIODeadline?
     let headTimeout: TimeAmount
     let bodyTimeout: TimeAmount
     let maxBodyBytes: Int
@@ -93,9 +96,12 @@ struct HTTPConnectionMachine {
     /// A request head arrived: decided from it alone (SPEC §16).
     mutating func headReceived(_ head: Head, now: NIODeadline) -> [Action] {
         guard state == .idle else { return [] }
-        bodyOutside = false
+        // A request the fast path waited for and then handed over keeps its body's deadline
+        // (handing it over must not buy a slow client a second body timeout).
+        let bodyDeadline = bodyOutsideDeadline ?? now + bodyTimeout
+        bodyOutsideDeadline = nil
         bodyOpen = head.announcesBody
-        var actions: [Action] = [head.announcesBody ? .arm(.body, deadline: now + bodyTimeout) : .cancelTimer]
+        var actions: [Action] = [head.announcesBody ? .arm(.body, deadline: bodyDeadline) : .cancelTimer]
         if let refusal = head.refusal {
             state = .answering
             discardingBody = head.announcesBody
@@ -166,7 +172,7 @@ struct HTTPConnectionMachine {
     /// happens only while it is idle: the connection waits for the next head again.
     mutating func answeredOutside(now: NIODeadline) -> [Action] {
         guard state == .idle else { return [] }
-        bodyOutside = false
+        bodyOutsideDeadline = nil
         return [.arm(.head, deadline: now + headTimeout)]
     }
 
@@ -174,8 +180,9 @@ struct HTTPConnectionMachine {
     /// its way: the body's time limit applies from now, as it would here.
     mutating func bodyPendingOutside(now: NIODeadline) -> [Action] {
         guard state == .idle else { return [] }
-        bodyOutside = true
-        return [.arm(.body, deadline: now + bodyTimeout)]
+        let deadline = now + bodyTimeout
+        bodyOutsideDeadline = deadline
+        return [.arm(.body, deadline: deadline)]
     }
 
     /// Whether an answer may be written now.
@@ -192,7 +199,7 @@ struct HTTPConnectionMachine {
         case (.head, .idle):
             state = .closing
             return [.sendRawAndClose(Problem(.requestTimeout, "the request head did not arrive within \(Self.seconds(headTimeout)) s"))]
-        case (.body, .receiving), (.body, .idle) where bodyOutside:
+        case (.body, .receiving), (.body, .idle) where bodyOutsideDeadline != nil:
             state = .closing
             return [.sendRawAndClose(Problem(.requestTimeout, "the request body did not arrive within \(Self.seconds(bodyTimeout)) s"))]
         case (.body, .answering) where bodyOpen:

@@ -46,14 +46,18 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
     /// directly rather than through a user event: a pass down the pipeline per publish
     /// measured 1.6 % of the server's CPU.
     var connection: (handler: HTTPHandler, context: ChannelHandlerContext)?
-    /// An answer not given inline (never with an inline store; kept correct regardless):
-    /// bytes that arrive meanwhile wait here, and go to the general path after it.
+    /// An answer not given inline. It never happens with an inline store; should it, reading
+    /// pauses until the answer is out, and bytes already read wait here, then go to the
+    /// general path after it.
     private var answering = false
     private var held: [NIOAny] = []
+    /// The request being answered, cancelled if the connection closes first.
+    private var scope: RequestScope?
     /// The start of a plain request whose rest has not arrived yet, and in how many reads.
     private var partial: ByteBuffer?
     private var pieces = 0
-    private var bodyTimerArmed = false
+    /// That request's head, once it is in: later reads only wait for its body's bytes.
+    private var waitingHead: PlainPostRequest?
     static let maxPieces = 16
     private var peerIsLoopbackCache: Bool?
 
@@ -86,10 +90,6 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             held.append(data)
             return
         }
-        guard active else {
-            context.fireChannelRead(data)
-            return
-        }
         var buffer = unwrapInboundIn(data)
         if var earlier = partial {
             // A request arriving in pieces (a body larger than the first read): the pieces
@@ -98,14 +98,27 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             earlier.writeBuffer(&buffer)
             buffer = earlier
         }
-        while true {
-            let scan = buffer.withUnsafeReadableBytes {
-                PlainPostRequest.scan($0, maxHeadBytes: maxHeadBytes, maxBodyBytes: maxBodyBytes)
+        guard active else {
+            // Disabled while a request waited in pieces (its timer ran out): its bytes still
+            // go first, so the general path sees the connection's bytes in order.
+            waitingHead = nil
+            context.fireChannelRead(wrapInboundOut(buffer))
+            return
+        }
+        while context.channel.isActive {
+            let scan: PlainPostRequest.Scan
+            if let head = waitingHead {
+                // The head was read in an earlier look: only the body's length matters now.
+                scan = buffer.readableBytes >= head.end ? .request(head) : .incomplete(head: head)
+            } else {
+                scan = buffer.withUnsafeReadableBytes {
+                    PlainPostRequest.scan($0, maxHeadBytes: maxHeadBytes, maxBodyBytes: maxBodyBytes)
+                }
             }
             switch scan {
             case .request(let request):
                 pieces = 0
-                bodyTimerArmed = false
+                waitingHead = nil
                 guard take(request, in: buffer, context: context) else { break }
                 // Pipelined requests behind it: the next one starts where this one ended.
                 buffer.moveReaderIndex(forwardBy: request.end)
@@ -116,13 +129,15 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
                 }
                 if active { continue }
             case .incomplete(let head) where pieces < Self.maxPieces:
-                // Each look rescans the head: a request trickled in byte by byte is not worth
-                // more than a few looks, and goes to the general path, which reads incrementally.
-                if let head, !bodyTimerArmed {
+                // Until its head is in, each look rescans it: a head trickled in byte by byte
+                // is not worth more than a few looks, and goes to the general path, which
+                // reads incrementally. (A request handed over after waiting keeps its body's
+                // deadline: see HTTPConnectionMachine.headReceived.)
+                if let head, waitingHead == nil {
                     // The head is in: only a publish the general path would read the body of
                     // is waited for (anything else it answers from the head at once).
                     guard admit(head, context: context) != nil else { break }
-                    bodyTimerArmed = true
+                    waitingHead = head
                     report(.awaitingBody)
                 }
                 pieces += 1
@@ -132,10 +147,23 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
                 break
             }
             active = false
-            partial = nil
+            pieces = 0
+            waitingHead = nil
             context.fireChannelRead(wrapInboundOut(buffer))
             return
         }
+        // The connection closed while pipelined requests were being read: like the general
+        // path, nothing more is answered or published.
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        active = false
+        partial = nil
+        waitingHead = nil
+        held = []
+        scope?.cancel()
+        scope = nil
+        context.fireChannelInactive()
     }
 
     /// What the head of a request the fast path takes gives the endpoint.
@@ -193,11 +221,15 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             body: body, credentials: admitted.credentials, streamsCloseDelimited: false,
             eventLoop: context.eventLoop, allocator: context.channel.allocator)
         let scope = RequestScope()
+        self.scope = scope
         server.metrics.fastPathRequests.increment()
         answering = true
+        var inline = true
         responders.respond(to: request, route: route, scope: scope).assumeIsolated().whenComplete { result in
             scope.finish()
+            if self.scope === scope { self.scope = nil }
             self.answering = false
+            if !inline { context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
             let answer: EndpointAnswer
             switch result {
             case .success(.answer(let given)):
@@ -210,6 +242,12 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             }
             self.write(answer, context: context)
             self.releaseHeld(context: context)
+        }
+        if answering {
+            // Not answered inline: no more is read until it is (the general path's pipelining
+            // handler does the same), so `held` stays within what this read brought.
+            inline = false
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         }
         return true
     }
@@ -227,6 +265,8 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
         out.writeString(status.reasonPhrase)
         out.writeStaticString("\r\n")
         for field in answer.headers {
+            // Framing is written below, as the general path replaces these.
+            if field.name == .contentLength || field.name == .connection { continue }
             out.writeString(field.name.rawName)
             out.writeStaticString(": ")
             out.writeString(field.value)

@@ -150,6 +150,28 @@ struct HTTPHandlerEmbeddedTests {
         #expect(try harness.output().hasPrefix("HTTP/1.1 408"))
     }
 
+    @Test("A body trickled past the fast path's patience goes to the general path with its first deadline, not a new one")
+    func trickledBodyKeepsItsDeadline() throws {
+        let harness = try Harness(fastPath: true) {
+            $0.requestHeadTimeout = .seconds(10)
+            $0.requestBodyTimeout = .seconds(30)
+        }
+        defer { harness.finish() }
+        try harness.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\na")
+        for _ in 0..<PublishFastPath.maxPieces {
+            harness.advance(by: .seconds(1))
+            try harness.send("b")
+        }
+        // Handed over 16 s after the head; its body's limit still runs from the head.
+        harness.advance(by: .milliseconds(13_999))
+        #expect(try harness.output().isEmpty)
+        harness.advance(by: .milliseconds(1))
+        let text = try harness.output()
+        #expect(text.hasPrefix("HTTP/1.1 408"), "\(text)")
+        #expect(text.contains("body did not arrive within 30 s"), "\(text)")
+        #expect(harness.fastPathCount == 0)
+    }
+
     @Test("Pipelined publishes and a request the fast path does not take: answered in order")
     func fastPathPipelining() throws {
         let harness = try Harness(fastPath: true)

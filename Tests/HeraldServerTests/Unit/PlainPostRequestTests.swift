@@ -80,6 +80,8 @@ struct PlainPostRequestTests {
             "POST /events HTTP/1.1\r\nConnection: close\r\n\r\n",
             "POST /events HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n",
             "POST /events HTTP/1.1\r\nIdempotency-Key: k\r\n\r\n",
+            "POST /events HTTP/1.1\r\nProxy-Connection: close\r\n\r\n",
+            "POST /events HTTP/1.1\r\nproxy-connection: keep-alive\r\n\r\n",
             "POST /events HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "POST /events HTTP/1.1\r\nHost: a,b\r\n\r\n",
             "POST /events HTTP/1.1\r\nHost : a\r\n\r\n",
@@ -121,7 +123,8 @@ struct PlainPostRequestTests {
     // MARK: Against NIO's parser
 
     static let names = ["Host", "host", "Content-Type", "Content-Length", "content-length", "Authorization", "Origin", "X-A", "Sec-Fetch-Site",
-                        "Transfer-Encoding", "Connection", "Expect", "Idempotency-Key", "Upgrade", "Accept", "X_B", "x!#$%&'*+-.^_`|~1"]
+                        "Transfer-Encoding", "Connection", "Proxy-Connection", "Expect", "Idempotency-Key", "Upgrade", "Accept", "X_B",
+                         "x!#$%&'*+-.^_`|~1", "Keep-Alive", "TE", "Trailer"]
     static let values = ["", " ", "127.0.0.1", "localhost:8080", "text/plain", "0", "5", "12", "007", "+5", "5, 5", "chunked", "keep-alive",
                          "close", "Keep-Alive", "100-continue", "a\tb", "  padded  ", "\t", "Bearer k", "http://o.example", "a,b"]
     static let fragments: [[UInt8]] = [
@@ -192,6 +195,8 @@ struct PlainPostRequestTests {
             }
             #expect(head.method == .POST, "\(context)")
             #expect(head.version == .http1_1, "\(context)")
+            // The fast path keeps the connection after its answer: NIO must too.
+            #expect(head.isKeepAlive, "\(context)")
             #expect(head.uri == request.target, "\(context)")
             let nioFields = head.headers.map { ($0.name, $0.value) }
             #expect(nioFields.map(\.0) == request.fields.map(\.name), "\(context)")
