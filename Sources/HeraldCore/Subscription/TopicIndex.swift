@@ -93,6 +93,21 @@ public struct TopicIndex<Value: AnyObject> {
         }
     }
 
+    /// At least how many values ``forEachMatch(topics:client:_:)`` visits, counted only until
+    /// the count passes `limit` (then any number above it is returned): whether an event
+    /// reaches few subscriptions, without visiting them.
+    public func matchCount(topics: [String], client: String?, limit: Int) -> Int {
+        if let client { return direct[TopicKey(client)]?.count ?? 0 }
+        var count = all.count
+        for topic in topics {
+            if count > limit { return count }
+            count += exact[TopicKey(topic)]?.count ?? 0
+            // Prefix subscriptions: counted as many (a prefix usually stands for many topics).
+            if !prefixes.isEmpty { return limit + 1 }
+        }
+        return count
+    }
+
     /// Every direct-message token currently indexed.
     public var tokens: [String] { direct.keys.map(\.name) }
 }

@@ -59,7 +59,17 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
     /// That request's head, once it is in: later reads only wait for its body's bytes.
     private var waitingHead: PlainPostRequest?
     static let maxPieces = 16
+    /// Subscriptions on this loop up to which a publish is delivered before its answer.
+    static let deliverFirstLimit = 16
     private var peerIsLoopbackCache: Bool?
+    private var shard: Shard?
+
+    /// The shard of this connection's loop (none on a test's embedded loop).
+    private func localShard(_ context: ChannelHandlerContext) -> Shard? {
+        if let shard { return shard }
+        shard = server.hub.shards.first { $0.eventLoop === context.eventLoop }
+        return shard
+    }
 
     init(server: ServerContext, responders: Responders) {
         self.server = server
@@ -119,7 +129,7 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             case .request(let request):
                 pieces = 0
                 waitingHead = nil
-                guard take(request, in: buffer, context: context) else { break }
+                guard take(request, in: buffer, context: context, deliverFirst: buffer.readableBytes == request.end) else { break }
                 // Pipelined requests behind it: the next one starts where this one ended.
                 buffer.moveReaderIndex(forwardBy: request.end)
                 if buffer.readableBytes == 0 { return }
@@ -211,7 +221,7 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Answers `parsed` (read from `buffer`) when it is a publish the fast path may take;
     /// false, having done nothing, otherwise.
-    private func take(_ parsed: PlainPostRequest, in buffer: ByteBuffer, context: ChannelHandlerContext) -> Bool {
+    private func take(_ parsed: PlainPostRequest, in buffer: ByteBuffer, context: ChannelHandlerContext, deliverFirst: Bool) -> Bool {
         // Back-pressure: with unsent output over its limit the general path holds requests.
         guard context.channel.isWritable, let admitted = admit(parsed, context: context) else { return false }
         let route = admitted.route
@@ -240,6 +250,9 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             case .failure(let error):
                 answer = self.responders.answer(for: error, request, route: route)
             }
+            // The last request of this read: this loop's few subscribers first (see
+            // Shard.deliverNowIfSmall); within a pipelined burst, deliveries coalesce.
+            if deliverFirst { self.localShard(context)?.deliverNowIfSmall(limit: Self.deliverFirstLimit) }
             self.write(answer, context: context)
             self.releaseHeld(context: context)
         }

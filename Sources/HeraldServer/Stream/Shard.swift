@@ -36,6 +36,8 @@ final class Shard: @unchecked Sendable {
     var streams: [ObjectIdentifier: StreamConnection] = [:]
     var waiters: [ObjectIdentifier: PollWaiter] = [:]
     let deliveryScheduled = ManagedAtomic<Bool>(false)
+    /// Events pulled by ``deliverNowIfSmall(limit:)`` and left for the queued run.
+    var stash: Hub.Pending?
     var toFlush: [StreamConnection] = []
 
     // Keep-alive: streams in order of their last write, oldest first. A write moves a
@@ -86,12 +88,48 @@ final class Shard: @unchecked Sendable {
     /// Called by publishers on any thread: makes sure one delivery run is queued.
     func scheduleDelivery() {
         if deliveryScheduled.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged {
-            eventLoop.execute { self.deliverPending() }
+            eventLoop.execute { self.deliverIfScheduled() }
         }
+    }
+
+    /// The queued task's body: runs the delivery unless it was run early.
+    func deliverIfScheduled() {
+        if deliveryScheduled.load(ordering: .sequentiallyConsistent) { deliverPending() }
+    }
+
+    /// On the publishing loop, before the publisher's answer: delivers what is queued for
+    /// this shard now when it reaches at most `limit` streams here (a per-user topic, a
+    /// direct message), so those subscribers do not wait for the answer's write and the
+    /// loop's next turn. A larger fan-out stays queued: under load the queue is where a burst
+    /// of publishes coalesces into one flush per stream, and the publisher's answer should
+    /// not wait for a whole fan-out.
+    ///
+    /// Measured at 10 000 topics × 1 subscriber, 1000 publishes/s, two loops: p50 latency
+    /// 245 → 195 µs, CPU per publish 151 → 136 µs (4 alternating runs each).
+    func deliverNowIfSmall(limit: Int) {
+        eventLoop.assertInEventLoop()
+        guard stash == nil, deliveryScheduled.load(ordering: .sequentiallyConsistent) else { return }
+        deliveryScheduled.store(false, ordering: .sequentiallyConsistent)
+        let pending = hub.events(after: deliveredThrough, slot: slot)
+        var reach = 0
+        for event in pending.events where reach <= limit {
+            reach += index.matchCount(topics: event.topics, client: event.client, limit: limit - reach)
+        }
+        if reach <= limit && waiters.isEmpty {
+            apply(pending)
+            return
+        }
+        // Too many here: the task queued with the flag delivers it, first in its run.
+        stash = pending
+        deliveryScheduled.store(true, ordering: .sequentiallyConsistent)
     }
 
     func deliverPending() {
         deliveryScheduled.store(false, ordering: .sequentiallyConsistent)
+        if let early = stash {
+            stash = nil
+            apply(early)
+        }
         let pending = hub.events(after: deliveredThrough, slot: slot)
         apply(pending)
     }
