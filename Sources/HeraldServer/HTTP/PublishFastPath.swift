@@ -67,7 +67,7 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
     /// The shard of this connection's loop (none on a test's embedded loop).
     private func localShard(_ context: ChannelHandlerContext) -> Shard? {
         if let shard { return shard }
-        shard = server.hub.shards.first { $0.eventLoop === context.eventLoop }
+        shard = server.hub.shardIfPresent(for: context.eventLoop)
         return shard
     }
 
