@@ -4,8 +4,10 @@ NIO's HTTP codec (`--publish-path general`) must get the same answers, reach sub
 the same way, and leave the connection in the same state. Also: what the fast path must
 hand over untouched (pipelined, split, unusual requests), on one keep-alive connection."""
 import json
+import os
 import re
 import socket
+import subprocess
 import time
 
 import pytest
@@ -260,3 +262,17 @@ def test_a_publish_key_server_answers_alike_on_both_paths(herald_factory):
         raw = post("/events?topic=a", b"x", headers)
         assert normalized(exchange(fast.port, raw)) == normalized(exchange(general.port, raw)), headers
     assert fast_path_count(fast) == 2  # the valid key, twice (once with a foreign Host, allowed with a key)
+
+
+def test_a_bad_publish_path_value_is_a_usage_error(tmp_path):
+    """The hidden --publish-path flag (and its HERALD_PUBLISH_PATH variable) takes 'fast' or
+    'general' and nothing else: anything else stops the server before it listens."""
+    from conftest import free_port, herald_binary
+    port = free_port()
+    for args, env in (((["--publish-path", "nope"]), {}), ([], {"HERALD_PUBLISH_PATH": "Fast"})):
+        result = subprocess.run([herald_binary(), "--host", "127.0.0.1", "--port", str(port), *args],
+                                env={**os.environ, **env}, capture_output=True, timeout=30)
+        assert result.returncode != 0
+        assert b"--publish-path must be 'fast' or 'general'" in result.stderr, result.stderr
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
