@@ -6,6 +6,90 @@ extension Responders {
     /// `POST /events` and `POST /clients/{token}/events` (SPEC §2, §3). Authorisation was
     /// decided from the head, before the body was read.
     func publish(_ request: EndpointRequest, route: Route, directTo token: String?) throws -> EventLoopFuture<EndpointReply> {
+        let plan = try planPublish(request, directTo: token)
+        let server = self.server
+        return server.hub.publish(plan.drafts, client: token, retain: plan.retain, idempotencyKey: plan.idempotencyKey, on: request.eventLoop)
+            .map { outcome -> EndpointReply in .answer(self.published(outcome, request)) }
+            .flatMapErrorThrowing { error in
+                // Not stored, so not published: nobody saw it, and the publisher may retry.
+                // The cause is logged; the answer carries no internal error text.
+                // The store logs the cause (once per outage for a cluster's database).
+                server.logger.debug("publish not stored", metadata: ["error": "\(error)"])
+                return .answer(self.problem(
+                    Problem(.serviceUnavailable, "the event store could not take the events, so nothing was published; retry",
+                            headers: [("Retry-After", "1")]), request, route: route))
+            }
+    }
+
+    /// What the publish fast path gets for a publish on a store that commits inline.
+    enum InlinePublish {
+        /// Refused (a bad query, body or token): the answer to send.
+        case refused(EndpointAnswer)
+        /// Committed and visible; ``published(_:_:)`` gives the answer.
+        case committed(Hub.PublishOutcome)
+    }
+
+    /// ``publish(_:route:directTo:)`` (and, for `POST /clients/{token}/events`, the token
+    /// check ``respond(to:route:scope:)`` makes) without futures, for the publish fast path.
+    /// The answer of a committed publish is left to the caller, which first hands the events
+    /// to its own loop's few subscribers. Nil when the store does not commit inline or the
+    /// request carries an idempotency key (the caller then uses ``respond(to:route:scope:)``).
+    ///
+    /// Why: at 1000 single-event publishes/s, the chain of four futures per publish was ~5 %
+    /// of the server's samples (allocations, generic metadata look-ups, callbacks).
+    func publishInline(_ request: EndpointRequest, route: Route) -> InlinePublish? {
+        guard request.method == .post, server.hub.store.commitsInline, request.header(.idempotencyKey) == nil else { return nil }
+        let token: String?
+        switch route {
+        case .events: token = nil
+        case .clientEvents(let given): token = given
+        default: return nil
+        }
+        do {
+            if let token { try Self.validate(token: token) }
+            let plan = try planPublish(request, directTo: token)
+            guard let outcome = server.hub.publishInline(plan.drafts, client: token, retain: plan.retain) else { return nil }
+            return .committed(outcome)
+        } catch {
+            return .refused(answer(for: error, request, route: route))
+        }
+    }
+
+    /// The `200` answer of a committed publish: its ids, as JSON (`{"ids":["<id>",...]}`).
+    func published(_ outcome: Hub.PublishOutcome, _ request: EndpointRequest) -> EndpointAnswer {
+        var headers = HTTPFields()
+        headers.append(server.corsHeaders(origin: request.origin, scope: .restricted))
+        if outcome.repeated { headers[.idempotentReplayed] = "true" }
+        headers[.contentType] = "application/json"
+        return EndpointAnswer(status: .ok, headers: headers, body: Self.idsDocument(outcome.ids, allocator: request.allocator))
+    }
+
+    /// `{"ids":["1","2"]}` and a newline, what `EndpointAnswer.json` makes of the same
+    /// `JSONValue`, written straight from the digits: every publish answers with one, and
+    /// building it through `JSONValue` and `String` was 3 % of a low-rate publish's samples.
+    static func idsDocument(_ ids: [Int64], allocator: ByteBufferAllocator) -> ByteBuffer {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(11 + ids.count * 23)
+        bytes.append(contentsOf: #"{"ids":["#.utf8)
+        for (index, id) in ids.enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            bytes.append(UInt8(ascii: "\""))
+            SSEEncoder.appendDecimal(id, to: &bytes)
+            bytes.append(UInt8(ascii: "\""))
+        }
+        bytes.append(contentsOf: "]}\n".utf8)
+        return allocator.buffer(bytes: bytes)
+    }
+
+    struct PublishPlan {
+        var drafts: [EventDraft]
+        var retain: Bool
+        var idempotencyKey: String?
+    }
+
+    /// A publish's query, headers and body read and checked: what to publish, or the
+    /// `Problem` that refuses it. Counts the request in `herald_publish_requests_total`.
+    private func planPublish(_ request: EndpointRequest, directTo token: String?) throws -> PublishPlan {
         let query = try request.queryItems()
         var topics: [String] = []
         var type: String?
@@ -48,24 +132,7 @@ extension Responders {
             throw Problem.from(error)
         }
         server.metrics.publishRequests.increment()
-        let server = self.server
-        return server.hub.publish(drafts, client: token, retain: retain, idempotencyKey: idempotencyKey, on: request.eventLoop)
-            .map { outcome -> EndpointReply in
-                var headers = HTTPFields()
-                headers.append(server.corsHeaders(origin: request.origin, scope: .restricted))
-                if outcome.repeated { headers[.idempotentReplayed] = "true" }
-                let ids = JSONValue.object([("ids", .array(outcome.ids.map { .string(String($0)) }))])
-                return .answer(.json(ids, headers: headers, allocator: request.allocator))
-            }
-            .flatMapErrorThrowing { error in
-                // Not stored, so not published: nobody saw it, and the publisher may retry.
-                // The cause is logged; the answer carries no internal error text.
-                // The store logs the cause (once per outage for a cluster's database).
-                server.logger.debug("publish not stored", metadata: ["error": "\(error)"])
-                return .answer(self.problem(
-                    Problem(.serviceUnavailable, "the event store could not take the events, so nothing was published; retry",
-                            headers: [("Retry-After", "1")]), request, route: route))
-            }
+        return PublishPlan(drafts: drafts, retain: retain, idempotencyKey: idempotencyKey)
     }
 
     /// `DELETE /events?topic=T` (SPEC §16): clears T's retained event; `204`, or `404` when it

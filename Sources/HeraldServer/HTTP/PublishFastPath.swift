@@ -230,9 +230,22 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
             head: HTTPRequest(method: .post, scheme: nil, authority: admitted.host, path: parsed.target, headerFields: admitted.fields),
             body: body, credentials: admitted.credentials, streamsCloseDelimited: false,
             eventLoop: context.eventLoop, allocator: context.channel.allocator)
+        server.metrics.fastPathRequests.increment()
+        if let inline = responders.publishInline(request, route: route) {
+            // The last request of this read: this loop's few subscribers first (see
+            // Shard.deliverNowIfSmall), before the answer is even built; within a pipelined
+            // burst, deliveries coalesce.
+            if deliverFirst { localShard(context)?.deliverNowIfSmall(limit: Self.deliverFirstLimit) }
+            switch inline {
+            case .refused(let refusal): write(refusal, context: context)
+            case .committed(let outcome): write(responders.published(outcome, request), context: context)
+            }
+            return true
+        }
+        // A store that does not commit inline (the fast path is installed only for one that
+        // does, so this is a safety net): the general endpoint, through its future.
         let scope = RequestScope()
         self.scope = scope
-        server.metrics.fastPathRequests.increment()
         answering = true
         var inline = true
         responders.respond(to: request, route: route, scope: scope).assumeIsolated().whenComplete { result in

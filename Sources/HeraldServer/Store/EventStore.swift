@@ -71,6 +71,11 @@ protocol EventStore: AnyObject, Sendable, Service {
     /// then the HTTP/1.1 publish fast path may answer within the read that brought the
     /// request (see ``PublishFastPath``).
     var commitsInline: Bool { get }
+
+    /// For a store that ``commitsInline``: appends and commits `batch` before returning, with
+    /// no future (the publish fast path's answer is then built without one). Nil from any
+    /// other store; the caller uses ``append(_:on:)``.
+    func appendInline(_ batch: AppendRequest) -> Appended?
 }
 
 extension EventStore {
@@ -80,6 +85,7 @@ extension EventStore {
     }
     var cluster: (any ClusterDirectory)? { nil }
     var commitsInline: Bool { false }
+    func appendInline(_ batch: AppendRequest) -> Appended? { nil }
 }
 
 /// What an append answers: the batch's ids, and whether they are those of an earlier batch

@@ -33,12 +33,20 @@ final class MemoryStore: EventStore, @unchecked Sendable {
     }
 
     func append(_ batch: AppendRequest, on loop: any EventLoop) -> EventLoopFuture<Appended> {
+        loop.makeSucceededFuture(commit(batch))
+    }
+
+    func appendInline(_ batch: AppendRequest) -> Appended? {
+        commit(batch)
+    }
+
+    private func commit(_ batch: AppendRequest) -> Appended {
         let ids: [Int64] = lock.withLock {
             let events = batch.events(after: &lastID, allocator: allocator)
             sink?.committed([CommittedBatch(events: events, retain: batch.retain, idempotencyKey: batch.idempotencyKey)])
             return events.map(\.id)
         }
-        return loop.makeSucceededFuture(Appended(ids: ids, repeated: false))
+        return Appended(ids: ids, repeated: false)
     }
 
     func clearRetained(topic: String, on loop: any EventLoop) -> EventLoopFuture<Void> {

@@ -158,6 +158,15 @@ final class Hub: CommittedEventSink, @unchecked Sendable {
         }
     }
 
+    /// ``publish(_:client:retain:idempotencyKey:on:)`` without a future, for a store that
+    /// commits inline (see ``EventStore/appendInline(_:)``) and a batch without an
+    /// idempotency key: committed and visible when it returns. Nil from any other store.
+    func publishInline(_ drafts: [EventDraft], client: String?, retain: Bool) -> PublishOutcome? {
+        let request = AppendRequest(drafts: drafts, client: client, retain: retain, idempotencyKey: nil,
+                                    created: WallClock.millisecondsSince1970())
+        return store.appendInline(request).map { PublishOutcome(ids: $0.ids, repeated: $0.repeated) }
+    }
+
     /// Puts a batch into the ring (and per-topic logs), the retained set and the idempotency
     /// keys, where shards and new subscribers find it. Lock held.
     private func makeVisibleLocked(_ events: [StoredEvent], retain: Bool, idempotencyKey: String?) {

@@ -48,13 +48,26 @@ public final class StoredEvent: HistoryEntry, Sendable {
 /// buffer each), where an event framed once can be written to every chunked stream as is.
 enum WireFormat {
     static func chunk(_ payload: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
-        let header = String(payload.count, radix: 16)
-        var buffer = allocator.buffer(capacity: payload.count + header.utf8.count + 4)
-        buffer.writeString(header)
+        var buffer = allocator.buffer(capacity: payload.count + 20)
+        writeHexLength(payload.count, to: &buffer)
         buffer.writeStaticString("\r\n")
         buffer.writeBytes(payload)
         buffer.writeStaticString("\r\n")
         return buffer
+    }
+
+    /// `count` in lower-case hex digits, as `String(count, radix: 16)` spells it, without
+    /// building the string (every published event's chunk header is one).
+    static func writeHexLength(_ count: Int, to buffer: inout ByteBuffer) {
+        precondition(count >= 0)
+        var shift = 0
+        while shift < Int.bitWidth - 4 && count >> (shift + 4) != 0 { shift += 4 }
+        while true {
+            let digit = UInt8(truncatingIfNeeded: (count >> shift) & 0xF)
+            buffer.writeInteger(digit < 10 ? 0x30 + digit : 0x57 + digit)
+            if shift == 0 { break }
+            shift -= 4
+        }
     }
 
     /// The payload inside a chunk made by ``chunk(_:allocator:)``, sharing its storage.
