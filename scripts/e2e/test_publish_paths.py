@@ -276,3 +276,49 @@ def test_a_bad_publish_path_value_is_a_usage_error(tmp_path):
         assert b"--publish-path must be 'fast' or 'general'" in result.stderr, result.stderr
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def trickle(sock, raw, pieces, pause=0.02):
+    """Sends the first `pieces - 1` bytes of `raw` one write each, `pause` apart (Nagle off,
+    so each is its own segment and, with the pause, its own read on the server), then the rest."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for index in range(pieces - 1):
+        sock.sendall(raw[index:index + 1])
+        time.sleep(pause)
+    sock.sendall(raw[pieces - 1:])
+
+
+@pytest.mark.parametrize("where", ["head", "body"])
+def test_a_request_trickled_in_many_pieces_is_handed_to_the_general_path_whole(servers, where):
+    """The fast path waits for at most 16 reads of one request; a request trickled in more
+    (a head byte by byte, or a body after a whole head) goes to the general path with every
+    byte read so far, and is answered and published exactly like on a general-path server.
+    The rest of that connection stays on the general path; a request in a few pieces on
+    another connection is the fast path's."""
+    body = b"trickled-" + b"x" * 40
+    raw = post("/events?topic=slow", body)
+    head_length = raw.index(b"\r\n\r\n") + 4
+    results = []
+    for server in servers:
+        read = collect(server, "slow", 3)
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            if where == "head":
+                trickle(sock, raw, 30)
+            else:
+                sock.sendall(raw[:head_length])
+                time.sleep(0.05)
+                trickle(sock, raw[head_length:], 30)
+            first = read_response(sock)
+            sock.sendall(post("/events?topic=slow", b"after"))
+            second = read_response(sock)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            trickle(sock, post("/events?topic=slow", b"few"), 5)
+            third = read_response(sock)
+        results.append(([normalized((r[0], r[1], r[2], r[4])) for r in (first, second, third)], read()))
+    assert results[0] == results[1]
+    statuses = [answer[0] for answer in results[0][0]]
+    assert statuses == ["HTTP/1.1 200 OK"] * 3, statuses
+    assert results[0][1] == [body, b"after", b"few"]
+    # Only the request in 5 pieces was the fast path's.
+    assert [fast_path_count(server) for server in servers] == [1, 0]
