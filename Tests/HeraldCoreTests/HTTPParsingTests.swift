@@ -46,5 +46,13 @@ struct HTTPParsingTests {
         #expect(try FormURLEncoded.decode(Array("%zz".utf8)) == "%zz")
         #expect(try FormURLEncoded.decode(Array("a+b".utf8), plusIsSpace: false) == "a+b")
         #expect(throws: ValidationError.self) { try FormURLEncoded.parse(Array("x=%FF".utf8)) }
+        // Nothing to unescape: ASCII as is, other UTF-8 checked (raw bytes, slices of a target).
+        let raw = Array("caf\u{E9} b\u{F6}rse".utf8)
+        #expect(try FormURLEncoded.decode(raw) == "caf\u{E9} b\u{F6}rse")
+        #expect(try FormURLEncoded.decode(raw[3...]) == "\u{E9} b\u{F6}rse")
+        #expect(try FormURLEncoded.decode(Array("topic-42.quotes".utf8)[6...]) == "42.quotes")
+        #expect(throws: ValidationError.self) { try FormURLEncoded.decode([0x61, 0xFF, 0x62]) }
+        #expect(throws: ValidationError.self) { try FormURLEncoded.decode([0x61, 0xC3]) }
+        #expect(throws: ValidationError.self) { try FormURLEncoded.parse([0x74, 0x3D, 0xE9, 0x26, 0x61]) }
     }
 }

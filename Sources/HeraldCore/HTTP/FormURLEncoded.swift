@@ -25,8 +25,12 @@ public enum FormURLEncoded {
     /// trailing `%`) are kept literally, as browsers do.
     public static func decode<Bytes: Collection>(_ bytes: Bytes, plusIsSpace: Bool = true) throws(ValidationError) -> String
     where Bytes.Element == UInt8 {
-        if !bytes.contains(where: { $0 == UInt8(ascii: "%") || ($0 == UInt8(ascii: "+") && plusIsSpace) }) {
-            // Nothing to decode: only check the bytes are UTF-8.
+        var ascii = true
+        if !bytes.contains(where: { ascii = ascii && $0 < 0x80; return $0 == UInt8(ascii: "%") || ($0 == UInt8(ascii: "+") && plusIsSpace) }) {
+            // Nothing to decode. ASCII is UTF-8 as it is (the common case: a topic name in a
+            // query; `String(validating:)` on a slice costs a generic metadata look-up each
+            // call); anything else is checked.
+            if ascii { return String(decoding: bytes, as: UTF8.self) }
             guard let text = String(validating: bytes, as: UTF8.self) else {
                 throw ValidationError("'\(String(decoding: bytes, as: UTF8.self).prefix(60))' does not decode to valid UTF-8")
             }
