@@ -27,13 +27,11 @@ final class Responders: Sendable {
             switch (route, request.method) {
             case (.events, .get):
                 return try afterCatchingUp(request) { try self.subscribe(request) }
-            case (.events, .post):
-                return try publish(request, route: route, directTo: nil)
+            case (.events, .post), (.clientEvents, .post):
+                // Its checks belong in `planPublish`, which the fast path runs too.
+                return try publish(request, route: route)
             case (.events, .delete):
                 return try clearRetained(request, route: route)
-            case (.clientEvents(let token), .post):
-                try Self.validate(token: token)
-                return try publish(request, route: route, directTo: token)
             case (.clients, .get):
                 return listClients(request, route: route, token: nil)
             case (.client(let token), .get):

@@ -46,13 +46,6 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
     /// directly rather than through a user event: a pass down the pipeline per publish
     /// measured 1.6 % of the server's CPU.
     var connection: (handler: HTTPHandler, context: ChannelHandlerContext)?
-    /// An answer not given inline. It never happens with an inline store; should it, reading
-    /// pauses until the answer is out, and bytes already read wait here, then go to the
-    /// general path after it.
-    private var answering = false
-    private var held: [NIOAny] = []
-    /// The request being answered, cancelled if the connection closes first.
-    private var scope: RequestScope?
     /// The start of a plain request whose rest has not arrived yet, and in how many reads.
     private var partial: ByteBuffer?
     private var pieces = 0
@@ -96,10 +89,6 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if answering {
-            held.append(data)
-            return
-        }
         var buffer = unwrapInboundIn(data)
         if var earlier = partial {
             // A request arriving in pieces (a body larger than the first read): the pieces
@@ -133,10 +122,6 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
                 // Pipelined requests behind it: the next one starts where this one ended.
                 buffer.moveReaderIndex(forwardBy: request.end)
                 if buffer.readableBytes == 0 { return }
-                if answering {
-                    held.append(wrapInboundOut(buffer))
-                    return
-                }
                 if active { continue }
             case .incomplete(let head) where pieces < Self.maxPieces:
                 // Until its head is in, each look rescans it: a head trickled in byte by byte
@@ -170,9 +155,6 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
         active = false
         partial = nil
         waitingHead = nil
-        held = []
-        scope?.cancel()
-        scope = nil
         context.fireChannelInactive()
     }
 
@@ -224,56 +206,21 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
     private func take(_ parsed: PlainPostRequest, in buffer: ByteBuffer, context: ChannelHandlerContext, deliverFirst: Bool) -> Bool {
         // Back-pressure: with unsent output over its limit the general path holds requests.
         guard context.channel.isWritable, let admitted = admit(parsed, context: context) else { return false }
-        let route = admitted.route
         let body = parsed.bodyLength > 0 ? buffer.getSlice(at: buffer.readerIndex + parsed.bodyOffset, length: parsed.bodyLength) : nil
         let request = EndpointRequest(
             head: HTTPRequest(method: .post, scheme: nil, authority: admitted.host, path: parsed.target, headerFields: admitted.fields),
             body: body, credentials: admitted.credentials, streamsCloseDelimited: false,
             eventLoop: context.eventLoop, allocator: context.channel.allocator)
         server.metrics.fastPathRequests.increment()
-        if let inline = responders.publishInline(request, route: route) {
-            // The last request of this read: this loop's few subscribers first (see
-            // Shard.deliverNowIfSmall), before the answer is even built; within a pipelined
-            // burst, deliveries coalesce.
-            if deliverFirst { localShard(context)?.deliverNowIfSmall(limit: Self.deliverFirstLimit) }
-            switch inline {
-            case .refused(let refusal): write(refusal, context: context)
-            case .committed(let outcome): write(responders.published(outcome, request), context: context)
-            }
-            return true
-        }
-        // A store that does not commit inline (the fast path is installed only for one that
-        // does, so this is a safety net): the general endpoint, through its future.
-        let scope = RequestScope()
-        self.scope = scope
-        answering = true
-        var inline = true
-        responders.respond(to: request, route: route, scope: scope).assumeIsolated().whenComplete { result in
-            scope.finish()
-            if self.scope === scope { self.scope = nil }
-            self.answering = false
-            if !inline { context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
-            let answer: EndpointAnswer
-            switch result {
-            case .success(.answer(let given)):
-                answer = given
-            case .success:
-                // A publish route answers; it never streams or serves a file.
-                answer = self.responders.answer(for: StoreError("a publish route gave a reply other than an answer"), request, route: route)
-            case .failure(let error):
-                answer = self.responders.answer(for: error, request, route: route)
-            }
-            // The last request of this read: this loop's few subscribers first (see
-            // Shard.deliverNowIfSmall); within a pipelined burst, deliveries coalesce.
-            if deliverFirst { self.localShard(context)?.deliverNowIfSmall(limit: Self.deliverFirstLimit) }
-            self.write(answer, context: context)
-            self.releaseHeld(context: context)
-        }
-        if answering {
-            // Not answered inline: no more is read until it is (the general path's pipelining
-            // handler does the same), so `held` stays within what this read brought.
-            inline = false
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        // Published here and now: the fast path exists only where the store commits inline.
+        let published = responders.publishInline(request, route: admitted.route)
+        // The last request of this read: this loop's few subscribers first (see
+        // Shard.deliverNowIfSmall), before the answer is even built; within a pipelined burst,
+        // deliveries coalesce.
+        if deliverFirst { localShard(context)?.deliverNowIfSmall(limit: Self.deliverFirstLimit) }
+        switch published {
+        case .refused(let refusal): write(refusal, context: context)
+        case .committed(let outcome): write(responders.published(outcome, request), context: context)
         }
         return true
     }
@@ -315,21 +262,6 @@ final class PublishFastPath: ChannelInboundHandler, RemovableChannelHandler {
         }
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         report(.answered)
-    }
-
-    /// After an answer that was not given inline: what arrived meanwhile goes on, to the
-    /// general path (the decoder may now hold a partial request).
-    private func releaseHeld(context: ChannelHandlerContext) {
-        guard !held.isEmpty else { return }
-        active = false
-        let pending = held
-        held = []
-        for data in pending { context.fireChannelRead(data) }
-        context.fireChannelReadComplete()
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if !answering { context.fireChannelReadComplete() }
     }
 
     private func peerIsLoopback(_ context: ChannelHandlerContext) -> Bool {

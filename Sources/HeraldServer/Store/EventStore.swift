@@ -67,14 +67,16 @@ protocol EventStore: AnyObject, Sendable, Service {
     /// The cluster's client directory (presence and cross-node commands), for a shared store.
     var cluster: (any ClusterDirectory)? { get }
 
-    /// Whether ``append(_:on:)`` commits before it returns (its future is already complete):
-    /// then the HTTP/1.1 publish fast path may answer within the read that brought the
-    /// request (see ``PublishFastPath``).
+    /// Whether the store commits before it returns: ``append(_:on:)``'s future is already
+    /// complete, and ``appendInline(_:)`` never answers nil. Then the HTTP/1.1 publish fast
+    /// path is installed and publishes through ``appendInline(_:)`` within the read that
+    /// brought the request (see ``PublishFastPath``). A store that says true must implement
+    /// both.
     var commitsInline: Bool { get }
 
     /// For a store that ``commitsInline``: appends and commits `batch` before returning, with
     /// no future (the publish fast path's answer is then built without one). Nil from any
-    /// other store; the caller uses ``append(_:on:)``.
+    /// other store (the default).
     func appendInline(_ batch: AppendRequest) -> Appended?
 }
 
