@@ -84,6 +84,14 @@ struct HTTPHandlerEmbeddedTests {
         #expect(harness.channel.isActive)
     }
 
+    /// A harness with a 10 s head timeout and a 30 s body timeout, for the body-timer tests.
+    static func bodyTimed(fastPath: Bool) throws -> Harness {
+        try Harness(fastPath: fastPath) {
+            $0.requestHeadTimeout = .seconds(10)
+            $0.requestBodyTimeout = .seconds(30)
+        }
+    }
+
     @Test("A connection that sends no complete head gets 408 after exactly the head timeout")
     func headTimeout() throws {
         let harness = try Harness { $0.requestHeadTimeout = .seconds(10) }
@@ -113,10 +121,7 @@ struct HTTPHandlerEmbeddedTests {
 
     @Test("A body that stalls is answered 408 after the body timeout (not the head timeout) on either path", arguments: [false, true])
     func bodyTimeout(fastPath: Bool) throws {
-        let harness = try Harness(fastPath: fastPath) {
-            $0.requestHeadTimeout = .seconds(10)
-            $0.requestBodyTimeout = .seconds(30)
-        }
+        let harness = try Self.bodyTimed(fastPath: fastPath)
         defer { harness.finish() }
         harness.advance(by: .seconds(9)) // the head comes just within its limit
         try harness.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nabc")
@@ -130,10 +135,7 @@ struct HTTPHandlerEmbeddedTests {
 
     @Test("A publish in pieces within the body timeout is read whole and answered, on either path", arguments: [false, true])
     func bodyInPieces(fastPath: Bool) throws {
-        let harness = try Harness(fastPath: fastPath) {
-            $0.requestHeadTimeout = .seconds(10)
-            $0.requestBodyTimeout = .seconds(30)
-        }
+        let harness = try Self.bodyTimed(fastPath: fastPath)
         defer { harness.finish() }
         try harness.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/pl")
         harness.advance(by: .seconds(5))
@@ -152,10 +154,7 @@ struct HTTPHandlerEmbeddedTests {
 
     @Test("A body trickled past the fast path's patience goes to the general path with its first deadline, not a new one")
     func trickledBodyKeepsItsDeadline() throws {
-        let harness = try Harness(fastPath: true) {
-            $0.requestHeadTimeout = .seconds(10)
-            $0.requestBodyTimeout = .seconds(30)
-        }
+        let harness = try Self.bodyTimed(fastPath: true)
         defer { harness.finish() }
         try harness.send("POST /events?topic=a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\na")
         for _ in 0..<PublishFastPath.maxPieces {
